@@ -1,0 +1,218 @@
+"""``params.yaml`` -> one resolved, validated dict.
+
+The file holds base values (the papers' hyper-parameters where a method has them) and a ``profiles:`` block of
+overrides per profile. DVC cannot choose a block by a parameter, so the merge happens here:
+
+    base  ->  profiles[profile]  ->  overrides (dotted keys)  ->  validation
+
+The base file is its own schema: every key a profile or an override sets must exist in the base with a value of the
+same kind (a mapping, a list, a bool, a number, a string; ``null`` in the base accepts anything). Named checks in
+``CHECKS`` add the allowed values. Any violation raises :class:`ConfigError` naming the key, the value and what is
+allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eden_lib import paths
+
+#: Profiles DVC may resolve ``profiles.${profile}.<section>`` against: each must declare every section below.
+SECTIONS = ("data", "pretrain", "methods", "transfer", "tasks", "embedding", "bias", "report")
+TOP_LEVEL = ("profile", "seed", "active_methods", *SECTIONS, "profiles")
+
+
+class ConfigError(ValueError):
+    """A key or value of ``params.yaml`` (or an override) that is not allowed."""
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _fraction(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+
+
+def _int_list(v: Any) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(isinstance(s, int) and not isinstance(s, bool) for s in v)
+
+
+#: dotted key -> (predicate, what is allowed)
+CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "data.source": (lambda v: v in ("synthetic", "real"), "'synthetic' or 'real'"),
+    "data.image_size": (lambda v: _positive_int(v) and v % 32 == 0, "a positive multiple of 32"),
+    "data.cxr.n_patients": (_positive_int, "a positive integer"),
+    "data.cxr.render_size": (lambda v: _positive_int(v) and v >= 64, "an integer >= 64"),
+    "data.cxr.sex_effect": (lambda v: isinstance(v, (int, float)) and 0 <= v <= 1, "a number in [0, 1]"),
+    "data.cxr.test_fraction": (_fraction, "a fraction in (0, 1]"),
+    "data.cxr.val_fraction": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a fraction in [0, 1)"),
+    "data.ct.n_scans": (lambda v: _positive_int(v) and v >= 10, "an integer >= 10 (one per LUNA16 subset at least)"),
+    "pretrain.device": (lambda v: v in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
+    "pretrain.amp": (lambda v: isinstance(v, bool), "true or false"),
+    "pretrain.image_passes_2d": (_positive_int, "a positive integer"),
+    "pretrain.volume_passes_3d": (_positive_int, "a positive integer"),
+    "transfer.seeds": (_int_list, "a non-empty list of integers"),
+    "transfer.label_fractions": (
+        lambda v: isinstance(v, list) and len(v) > 0 and all(_fraction(f) for f in v),
+        "a non-empty list of fractions in (0, 1]",
+    ),
+    "transfer.finetune_fraction": (_fraction, "a fraction in (0, 1]"),
+    "embedding.projections": (
+        lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= {"tsne", "umap"},
+        "a non-empty list of 'tsne' and/or 'umap'",
+    ),
+    "bias.n_bootstrap": (_positive_int, "a positive integer"),
+}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, Mapping):
+        return "mapping"
+    return type(value).__name__
+
+
+def _merge(base: dict, override: Mapping, where: str) -> dict:
+    """Deep-merge ``override`` into a copy of ``base``; every overridden key must exist in ``base``."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in out:
+            allowed = ", ".join(map(str, out)) or "(none)"
+            raise ConfigError(f"unknown key '{dotted}' (value {value!r}); allowed keys here: {allowed}")
+        have, want = _kind(value), _kind(out[key])
+        if want != "null" and have != want:
+            raise ConfigError(f"'{dotted}' = {value!r} is a {have}; expected a {want} like {out[key]!r}")
+        if want == "mapping" and have == "mapping":
+            out[key] = _merge(out[key], value, dotted)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _nest(dotted: Mapping[str, Any]) -> dict:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``."""
+    nested: dict = {}
+    for key, value in dotted.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _get(cfg: Mapping, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def _validate(cfg: dict, source: str) -> None:
+    for key, (ok, allowed) in CHECKS.items():
+        try:
+            value = _get(cfg, key)
+        except KeyError:
+            raise ConfigError(f"{source}: missing key '{key}'; expected {allowed}") from None
+        if not ok(value):
+            raise ConfigError(f"{source}: '{key}' = {value!r} is not allowed; expected {allowed}")
+    methods = cfg["methods"]
+    unknown = [m for m in cfg["active_methods"] if m not in methods]
+    if unknown:
+        raise ConfigError(
+            f"{source}: 'active_methods' names {unknown}, which have no block under 'methods'; "
+            f"allowed: {sorted(methods)}"
+        )
+    if len(set(cfg["active_methods"])) != len(cfg["active_methods"]):
+        raise ConfigError(f"{source}: 'active_methods' = {cfg['active_methods']} lists a method twice")
+    tasks = cfg["tasks"]
+    for name, block in tasks.items():
+        for proto in block.get("protocols", []):
+            if proto not in ("linear_probe", "finetune"):
+                raise ConfigError(
+                    f"{source}: 'tasks.{name}.protocols' has {proto!r}; allowed: 'linear_probe', 'finetune'"
+                )
+
+
+def read_raw(path: str | Path | None = None) -> dict:
+    """The raw ``params.yaml`` (what DVC sees), checked for its top-level shape."""
+    path = Path(path) if path is not None else paths.params_file()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"parameter file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {_kind(raw)}")
+    missing = [k for k in TOP_LEVEL if k not in raw]
+    extra = [k for k in raw if k not in TOP_LEVEL]
+    if missing or extra:
+        raise ConfigError(
+            f"{path}: top-level keys must be exactly {list(TOP_LEVEL)}; missing {missing}, unknown {extra}"
+        )
+    for name, block in (raw["profiles"] or {}).items():
+        lacking = [s for s in SECTIONS if s not in (block or {})]
+        if lacking:
+            raise ConfigError(
+                f"{path}: profile '{name}' must declare every section (use {{}} for none); missing {lacking}"
+            )
+    return raw
+
+
+def load_params(
+    path: str | Path | None = None,
+    profile: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    validate_methods: bool = True,
+) -> dict:
+    """Load ``params.yaml``, merge the active profile and ``overrides``, validate.
+
+    Args:
+        path: the parameter file (default: ``params.yaml`` at the repository root).
+        profile: profile to apply; ``None`` uses the file's ``profile`` key.
+        overrides: dotted keys applied last, e.g. ``{"transfer.seeds": [0]}``.
+        validate_methods: also check every method block against its method's declared config.
+
+    Returns:
+        The resolved parameters, without the ``profiles`` block; ``profile`` names the one applied.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong kind, or a value outside what is allowed.
+    """
+    raw = read_raw(path)
+    source = str(path or paths.params_file())
+    profiles = raw.pop("profiles") or {}
+    name = profile if profile is not None else raw["profile"]
+    if name not in profiles:
+        raise ConfigError(f"{source}: profile {name!r} is not defined; allowed: {sorted(profiles)}")
+    cfg = _merge(raw, profiles[name], "")
+    cfg["profile"] = name
+    if overrides:
+        cfg = _merge(cfg, _nest(overrides), "")
+    _validate(cfg, source)
+    if validate_methods:
+        from eden_lib.methods import validate_method_config
+
+        for method in cfg["active_methods"]:
+            validate_method_config(method, cfg["methods"][method])
+    return cfg

@@ -1,0 +1,88 @@
+"""Batch factories for the engine: ``factory(epoch, generator)`` yields the epoch's batches.
+
+2D batches crop from the cached render (e.g. 256 x 256) and resample to the training size (e.g. 64 x 64) in one
+batched ``grid_sample``, so fine anatomy keeps its detail. No horizontal flips: laterality is anatomy here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from eden_lib.engine import BatchFactory
+
+
+def to_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, *spatial) -> float32 (B, 1, *spatial) in [0, 1]."""
+    return torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0).unsqueeze(1)
+
+
+def resize_2d(images: np.ndarray, size: int, chunk: int = 512) -> torch.Tensor:
+    """Whole images uint8 (N, R, R) -> float32 (N, 1, size, size) in [0, 1] (area-averaged)."""
+    out = [
+        F.interpolate(to_unit(images[i : i + chunk]), size=(size, size), mode="area")
+        for i in range(0, len(images), chunk)
+    ]
+    return torch.cat(out) if out else torch.empty(0, 1, size, size)
+
+
+def random_resized_crop(
+    x: torch.Tensor, size: int, generator: torch.Generator, scale: tuple[float, float] = (0.6, 1.0)
+) -> torch.Tensor:
+    """(B, C, R, R) -> (B, C, size, size): a random square crop of ``scale`` x R per sample, bilinear."""
+    b = x.shape[0]
+    s = scale[0] + (scale[1] - scale[0]) * torch.rand(b, generator=generator)
+    shift = (1 - s)[:, None] * (2 * torch.rand(b, 2, generator=generator) - 1)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = s
+    theta[:, 1, 1] = s
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _permuted_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[np.ndarray]:
+    """``steps`` batches of indices drawn by repeated permutations of range(n) (drops no sample twice in a row)."""
+    if n < batch_size:
+        raise ValueError(f"batch size {batch_size} exceeds the {n} training samples")
+    order = torch.empty(0, dtype=torch.long)
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order = torch.cat([order, torch.randperm(n, generator=generator)])
+        idx, order = order[:batch_size], order[batch_size:]
+        yield np.sort(idx.numpy())
+
+
+def cxr_batches(
+    images: np.ndarray, labels: np.ndarray, indices: np.ndarray, batch_size: int, steps: int, size: int
+) -> BatchFactory:
+    """Random resized crops of the training radiographs with their finding labels."""
+
+    def factory(epoch: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        for idx in _permuted_batches(len(indices), batch_size, steps, generator):
+            rows = indices[idx]
+            yield {
+                "image": random_resized_crop(to_unit(images[rows]), size, generator),
+                "label": torch.from_numpy(np.asarray(labels[rows], dtype=np.float32)),
+            }
+
+    return factory
+
+
+def volume_batches(
+    volumes: np.ndarray, labels: np.ndarray | None, indices: np.ndarray, batch_size: int, steps: int
+) -> BatchFactory:
+    """Batches of 3D cubes (M, X, Y, Z) in [0, 1] -> ``image`` (B, 1, X, Y, Z) (and ``label`` (B, 1))."""
+
+    def factory(epoch: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        for idx in _permuted_batches(len(indices), batch_size, steps, generator):
+            rows = indices[idx]
+            batch = {"image": torch.from_numpy(np.asarray(volumes[rows], dtype=np.float32)).unsqueeze(1)}
+            if labels is not None:
+                batch["label"] = torch.from_numpy(np.asarray(labels[rows], dtype=np.float32)).reshape(-1, 1)
+            yield batch
+
+    return factory

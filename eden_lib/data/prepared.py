@@ -1,0 +1,101 @@
+"""The prepared tensor cache: what ``prepare`` writes and every later stage memory-maps.
+
+``data/prepared/cxr/``: ``images.npy`` uint8 (N, R, R) at the render size, ``masks.npy`` uint8 (N, R, R) bitfield
+(bit i = ``info["masks"][i]``), ``landmarks.npy`` float32 (N, L, 2) as (x, y) pixels, ``labels.npy`` float32 (N, K)
+(NaN = unknown), ``meta.csv`` (image_index, patient_id, sex, age, site, split) and ``info.json``.
+
+``data/prepared/ct/``: ``subvolumes.npy`` float16 (M, X, Y, Z) in [0, 1] from training scans (Models Genesis),
+``candidates.npy`` float16 (C, S, S, S) in [0, 1], ``candidates.csv`` (seriesuid, label, split, coordX/Y/Z) and
+``info.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from eden_lib import paths
+
+
+@dataclass
+class PreparedCXR:
+    images: np.ndarray
+    masks: np.ndarray
+    landmarks: np.ndarray
+    labels: np.ndarray
+    meta: pd.DataFrame
+    info: dict
+
+    def split_indices(self, split: str) -> np.ndarray:
+        idx = np.flatnonzero(self.meta["split"].to_numpy() == split)
+        if idx.size == 0:
+            raise ValueError(f"prepared CXR data has no '{split}' images; splits: {sorted(set(self.meta['split']))}")
+        return idx
+
+
+@dataclass
+class PreparedCT:
+    subvolumes: np.ndarray
+    candidates: np.ndarray
+    candidate_meta: pd.DataFrame
+    info: dict
+
+    def candidate_indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.candidate_meta["split"].to_numpy() == split)
+
+
+def _save_json(obj: dict, path: Path) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_cxr(out: Path, images, masks, landmarks, labels, meta: pd.DataFrame, info: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
+    np.save(out / "masks.npy", np.ascontiguousarray(masks, dtype=np.uint8))
+    np.save(out / "landmarks.npy", np.asarray(landmarks, dtype=np.float32))
+    np.save(out / "labels.npy", np.asarray(labels, dtype=np.float32))
+    meta.to_csv(out / "meta.csv", index=False)
+    _save_json(info, out / "info.json")
+
+
+def write_ct(out: Path, subvolumes, candidates, candidate_meta: pd.DataFrame, info: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "subvolumes.npy", np.asarray(subvolumes, dtype=np.float16))
+    np.save(out / "candidates.npy", np.asarray(candidates, dtype=np.float16))
+    candidate_meta.to_csv(out / "candidates.csv", index=False)
+    _save_json(info, out / "info.json")
+
+
+def _need(folder: Path, names: list[str]) -> None:
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"prepared data in {folder} lacks {missing}; run the 'prepare' stage first")
+
+
+def load_cxr(folder: Path | None = None) -> PreparedCXR:
+    folder = folder or paths.prepared_dir("cxr")
+    names = ["images.npy", "masks.npy", "landmarks.npy", "labels.npy", "meta.csv", "info.json"]
+    _need(folder, names)
+    return PreparedCXR(
+        images=np.load(folder / "images.npy", mmap_mode="r"),
+        masks=np.load(folder / "masks.npy", mmap_mode="r"),
+        landmarks=np.load(folder / "landmarks.npy"),
+        labels=np.load(folder / "labels.npy"),
+        meta=pd.read_csv(folder / "meta.csv"),
+        info=json.loads((folder / "info.json").read_text()),
+    )
+
+
+def load_ct(folder: Path | None = None) -> PreparedCT:
+    folder = folder or paths.prepared_dir("ct")
+    _need(folder, ["subvolumes.npy", "candidates.npy", "candidates.csv", "info.json"])
+    return PreparedCT(
+        subvolumes=np.load(folder / "subvolumes.npy", mmap_mode="r"),
+        candidates=np.load(folder / "candidates.npy", mmap_mode="r"),
+        candidate_meta=pd.read_csv(folder / "candidates.csv"),
+        info=json.loads((folder / "info.json").read_text()),
+    )

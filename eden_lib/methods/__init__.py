@@ -1,0 +1,36 @@
+"""The method registry: the names here are the vocabulary of params.yaml, dvc.yaml and the report."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from eden_lib.methods.base import BuildContext, Method, MethodConfigError, parse_config
+from eden_lib.methods.models_genesis import ModelsGenesis
+from eden_lib.methods.scratch import Scratch
+from eden_lib.methods.supervised import Supervised
+
+METHODS: dict[str, type[Method]] = {
+    "scratch": Scratch,
+    "supervised": Supervised,
+    "models_genesis": ModelsGenesis,
+}
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise MethodConfigError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def validate_method_config(name: str, block: Mapping[str, Any]) -> Any:
+    """Parse a ``methods.<name>`` block into the method's config dataclass (errors name the key and value)."""
+    return parse_config(name, method_class(name).config_cls, block or {})
+
+
+def build_method(name: str, block: Mapping[str, Any], ctx: BuildContext) -> Method:
+    return method_class(name)(validate_method_config(name, block), ctx)
+
+
+__all__ = ["METHODS", "BuildContext", "Method", "MethodConfigError", "build_method", "method_class",
+           "validate_method_config"]

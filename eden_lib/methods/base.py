@@ -1,0 +1,113 @@
+"""The contract every pretraining method follows, and per-method config validation.
+
+A method is an ``nn.Module`` built for one ``spatial_dims`` (2: SynthCXR / radiographs, 3: SynthCT / CT). The
+engine calls ``forward(batch, generator) -> {"loss": ..., **scalars}``; ``exports()`` names the modules transfer
+reuses (``encoder`` for 2D, ``unet3d`` for 3D, plus ``unet`` where a 2D decoder is pretrained too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class MethodConfigError(ValueError):
+    """A method block of ``params.yaml`` with an unknown key or a bad value."""
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a method needs to know about the study to build its networks.
+
+    Attributes:
+        spatial_dims: 2 or 3.
+        backbone_2d: ``pretrain.backbone_2d`` (``name``, ``widths``).
+        unet2d_decoder: five decoder widths of the 2D U-Net.
+        unet3d_width: base width of the Models Genesis UNet3D (paper 32).
+        n_labels: supervised targets per sample (findings for 2D, 1 for 3D candidates).
+    """
+
+    spatial_dims: int
+    backbone_2d: Mapping[str, Any]
+    unet2d_decoder: tuple[int, ...]
+    unet3d_width: int
+    n_labels: int
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Fields shared by every trainable method."""
+
+    dims: tuple[int, ...] = (2, 3)
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+def _check_type(name: str, key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise MethodConfigError(f"methods.{name}.{key} = {value!r}; expected a list")
+        (inner, *_) = typing.get_args(hint)
+        return tuple(_check_type(name, key, v, inner) for v in value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint in (str, bool) and isinstance(value, hint):
+        return value
+    raise MethodConfigError(f"methods.{name}.{key} = {value!r}; expected {getattr(hint, '__name__', hint)}")
+
+
+def parse_config(name: str, config_cls: type, block: Mapping[str, Any]) -> Any:
+    """Build ``config_cls`` from a ``params.yaml`` block: unknown keys and wrong types are errors."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(block) - set(fields))
+    if unknown:
+        raise MethodConfigError(f"methods.{name}: unknown keys {unknown}; allowed: {sorted(fields)}")
+    hints = typing.get_type_hints(config_cls)
+    values = {k: _check_type(name, k, v, hints[k]) for k, v in block.items()}
+    cfg = config_cls(**values)
+    if hasattr(cfg, "validate"):
+        cfg.validate(name)
+    return cfg
+
+
+class Method(nn.Module):
+    """Base class: subclasses set ``name``, ``config_cls``, ``trains`` and the data they read."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type] = MethodConfig
+    trains: ClassVar[bool] = True
+    #: prepared data each spatial_dims reads: "cxr_images", "ct_subvolumes" or "ct_candidates"
+    data: ClassVar[Mapping[int, str]] = {}
+    #: encoder passes per sample and step (2 for two-view methods), for the shared pretraining budget
+    views: ClassVar[int] = 1
+
+    def __init__(self, cfg: Any, ctx: BuildContext) -> None:
+        super().__init__()
+        if ctx.spatial_dims not in getattr(cfg, "dims", (2, 3)):
+            raise MethodConfigError(f"method {self.name} is not configured for {ctx.spatial_dims}D")
+        self.cfg = cfg
+        self.ctx = ctx
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def exports(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def configure_scheduler(
+        self, optimizer: torch.optim.Optimizer, epochs: int
+    ) -> torch.optim.lr_scheduler.LRScheduler | None:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))

@@ -1,0 +1,31 @@
+"""The study's networks, built from a :class:`BuildContext` so every method uses the same architectures."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from eden_lib.methods.base import BuildContext
+from eden_lib.models.backbones import ResNetEncoder, build_backbone_2d
+from eden_lib.models.unet2d import ResNetUNet
+from eden_lib.models.unet3d import UNet3D
+
+
+def encoder_2d(ctx: BuildContext) -> ResNetEncoder:
+    return build_backbone_2d(dict(ctx.backbone_2d))
+
+
+def unet_2d(ctx: BuildContext, out_channels: int, encoder: ResNetEncoder | None = None) -> ResNetUNet:
+    return ResNetUNet(encoder or encoder_2d(ctx), ctx.unet2d_decoder, out_channels)
+
+
+def unet_3d(ctx: BuildContext, out_channels: int = 1) -> UNet3D:
+    return UNet3D(in_channels=1, out_channels=out_channels, base_width=ctx.unet3d_width)
+
+
+def feature_dim_3d(ctx: BuildContext) -> int:
+    """Channels of the UNet3D bottleneck (``out512`` of the paper network): 16 x base width."""
+    return 16 * ctx.unet3d_width
+
+
+def head(in_dim: int, out_dim: int) -> nn.Linear:
+    return nn.Linear(in_dim, out_dim)

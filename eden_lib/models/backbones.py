@@ -1,0 +1,79 @@
+"""2D backbones from MONAI with torchvision-compatible module names.
+
+MONAI's ``ResNet`` keeps the torchvision names (``conv1``, ``bn1``, ``layer1`` ... ``layer4``), so weights
+released for a torchvision ResNet map in by name. We always pass the torchvision-like stem (7x7 conv, stride 2,
+then max-pool): MONAI's default stride-1 stem costs about 4x the FLOPs at the same input size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+#: registry name -> (block type, blocks per stage)
+BACKBONES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+}
+
+
+class ResNetEncoder(nn.Module):
+    """A MONAI ResNet without its classifier that also exposes its multi-scale features.
+
+    Args:
+        name: a key of :data:`BACKBONES`.
+        widths: the four stage widths (torchvision: 64, 128, 256, 512).
+        in_channels: image channels (1 for radiographs).
+        spatial_dims: 2 or 3.
+
+    ``forward(x)``: ``(B, C, H, W)`` -> pooled features ``(B, out_dim)``.
+    ``stages(x)``: the five feature maps at strides 2, 4, 8, 16, 32 (stem, layer1 ... layer4).
+    """
+
+    def __init__(self, name: str, widths: Sequence[int], in_channels: int = 1, spatial_dims: int = 2) -> None:
+        super().__init__()
+        if name not in BACKBONES:
+            raise ValueError(f"unknown backbone {name!r}; allowed: {sorted(BACKBONES)}")
+        if len(widths) != 4:
+            raise ValueError(f"backbone widths must list 4 stage widths, got {list(widths)}")
+        from monai.networks.nets import ResNet
+
+        block, layers = BACKBONES[name]
+        self.name = name
+        self.spatial_dims = spatial_dims
+        net = ResNet(
+            block=block,
+            layers=list(layers),
+            block_inplanes=list(widths),
+            spatial_dims=spatial_dims,
+            n_input_channels=in_channels,
+            conv1_t_size=7,
+            conv1_t_stride=2,
+            feed_forward=False,
+        )
+        expansion = 4 if block == "bottleneck" else 1
+        # Adopt MONAI's modules under the torchvision names (no wrapper prefix in the state dict).
+        for child in ("conv1", "bn1", "act", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"):
+            setattr(self, child, getattr(net, child))
+        self.stem_channels = widths[0]
+        self.stage_channels = (widths[0], *(w * expansion for w in widths))
+        self.out_dim = widths[3] * expansion
+
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        s0 = self.act(self.bn1(self.conv1(x)))
+        s1 = self.layer1(self.maxpool(s0))
+        s2 = self.layer2(s1)
+        s3 = self.layer3(s2)
+        s4 = self.layer4(s3)
+        return [s0, s1, s2, s3, s4]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.avgpool(self.stages(x)[-1]), 1)
+
+
+def build_backbone_2d(cfg: dict, in_channels: int = 1) -> ResNetEncoder:
+    """The study's 2D encoder from ``pretrain.backbone_2d`` (``name``, ``widths``)."""
+    return ResNetEncoder(cfg["name"], cfg["widths"], in_channels=in_channels, spatial_dims=2)

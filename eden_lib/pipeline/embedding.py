@@ -1,0 +1,71 @@
+"""Stage ``embedding``: zero-shot landmark analysis over every active method (STUDY §7).
+
+Patches centred on each named landmark of held-out patients are embedded by each method's frozen 2D encoder
+(features written by ``transfer``). Reported per method: kNN landmark-identification accuracy, silhouette score,
+cross-patient landmark matching accuracy, and t-SNE / UMAP maps coloured by landmark. Floors: the randomly
+initialised encoder (``scratch``) and raw pixels with PCA; ceiling: ``supervised``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from eden_lib import paths
+from eden_lib.analysis.embeddings import embed_2d, knn_accuracy, landmark_matching_error, pca_floor, silhouette
+from eden_lib.data import prepared
+from eden_lib.data.patches import crop_around
+from eden_lib.pipeline.transfer import landmark_patients
+
+RAW_PIXELS = "raw_pixels_pca"
+
+
+def landmark_features(cfg: dict) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """({method or floor: (P*L, D)}, landmark id (P*L,), patient row (P*L,)) from the features files."""
+    feats: dict[str, np.ndarray] = {}
+    ids = rows = None
+    for method in cfg["active_methods"]:
+        with np.load(paths.features_file(method)) as npz:
+            if "landmark" not in npz:
+                raise ValueError(f"{paths.features_file(method)} has no landmark features (no landmarks in the data)")
+            feats[method] = npz["landmark"]
+            ids, rows = npz["landmark_id"], npz["landmark_row"]
+    cxr = prepared.load_cxr()
+    emb = cfg["embedding"]
+    expected = landmark_patients(cxr, emb["n_patients"], cfg["seed"])
+    if rows is None or not np.array_equal(np.unique(rows), expected):
+        raise ValueError("landmark features were extracted for other patients; rerun the transfer stages")
+    patches = crop_around(np.asarray(cxr.images[rows]), cxr.landmarks[rows, ids], emb["patch_size"],
+                          cfg["data"]["image_size"])
+    pixels = patches.reshape(len(patches), -1).numpy()
+    dim = min(64, pixels.shape[0] - 1, pixels.shape[1])
+    return {RAW_PIXELS: pca_floor(pixels, dim, cfg["seed"]), **feats}, ids, rows
+
+
+def run_embedding(cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Returns (metrics per method, map coordinates); writes the metrics JSON."""
+    from eden_lib.reporting.io import write_json
+
+    feats, ids, rows = landmark_features(cfg)
+    names = np.array(prepared.load_cxr().info["landmarks"])
+    emb = cfg["embedding"]
+    metrics, coords = [], []
+    n_patients = len(np.unique(rows))
+    for method, x in feats.items():
+        per_patient = x.reshape(n_patients, -1, x.shape[1])
+        matching = landmark_matching_error(per_patient, landmark_names=list(names))
+        metrics.append({
+            "method": method,
+            "knn_accuracy": knn_accuracy(x, ids, k=emb["knn_k"], seed=cfg["seed"]),
+            "silhouette": silhouette(x, ids),
+            "matching_accuracy": float(matching["accuracy"].mean()),
+        })
+        for projection in emb["projections"]:
+            xy = embed_2d(x, projection, seed=cfg["seed"])
+            coords.append(pd.DataFrame({"method": method, "projection": projection, "x": xy[:, 0], "y": xy[:, 1],
+                                        "landmark": names[ids]}))
+    table = pd.DataFrame(metrics)
+    write_json({"profile": cfg["profile"], "n_patients": n_patients, "n_landmarks": len(names),
+                "methods": {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in metrics}},
+               paths.metrics_file("embedding", "landmarks"))
+    return table, pd.concat(coords, ignore_index=True)

@@ -1,0 +1,179 @@
+"""Stage ``prepare``: write (or index) the data in its native layout, read it back through the real loaders,
+split it at patient level and write the tensor cache later stages memory-map.
+
+With ``data.source: synthetic`` SynthCXR is written as ChestX-ray14 (PNG + ``Data_Entry_2017_v2020.csv`` + the
+official split lists) and SynthCT as LUNA16 (``subset*/<uid>.mhd/.raw``, ``annotations.csv``,
+``candidates_V2.csv``) under ``data/raw/synthetic/``; with ``real`` the same loaders read ``data.roots``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from eden_lib import paths
+from eden_lib.data import prepared
+from eden_lib.data.splits import carve_validation
+
+
+def _cxr_root(cfg: dict) -> Path:
+    data = cfg["data"]
+    if data["source"] == "real":
+        root = data["roots"]["chestxray14"]
+        if not root or not Path(root).is_dir():
+            raise FileNotFoundError(f"data.roots.chestxray14 = {root!r} is not a folder (data.source is 'real')")
+        return Path(root)
+    from eden_lib.data.chestxray14 import write_chestxray14
+    from eden_lib.data.synth_cxr import SynthCXRConfig, generate_synth_cxr
+
+    c = data["cxr"]
+    synth = generate_synth_cxr(
+        SynthCXRConfig(
+            n_patients=c["n_patients"],
+            images_per_patient=c["images_per_patient"],
+            size=c["render_size"],
+            sex_effect=c["sex_effect"],
+        ),
+        seed=cfg["seed"],
+    )
+    root = paths.raw_dir("synthetic") / "chestxray14"
+    write_chestxray14(root, synth, test_fraction=c["test_fraction"], seed=cfg["seed"])
+    return root
+
+
+def _ct_root(cfg: dict) -> Path:
+    data = cfg["data"]
+    if data["source"] == "real":
+        root = data["roots"]["luna16"]
+        if not root or not Path(root).is_dir():
+            raise FileNotFoundError(f"data.roots.luna16 = {root!r} is not a folder (data.source is 'real')")
+        return Path(root)
+    from eden_lib.data.luna16 import write_luna16
+    from eden_lib.data.synth_ct import SynthCTConfig, generate_synth_ct
+
+    c = data["ct"]
+    scans = generate_synth_ct(
+        SynthCTConfig(n_scans=c["n_scans"], shape=tuple(c["shape"]), negatives_per_scan=c["negatives_per_scan"]),
+        seed=cfg["seed"],
+    )
+    root = paths.raw_dir("synthetic") / "luna16"
+    write_luna16(root, scans)
+    return root
+
+
+def _read_cxr_splits(root: Path, labels: list[str], size: int) -> dict:
+    """Both official splits of a ChestX-ray14 root, read through the loader, with a ``split`` column."""
+    from eden_lib.data.chestxray14 import load_chestxray14_arrays
+
+    parts = [load_chestxray14_arrays(root, labels=labels, size=size, split=s) for s in ("train_val", "test")]
+    for part, split in zip(parts, ("train_val", "test")):
+        part["meta"] = part["meta"].assign(split=split)
+    joined = {"meta": pd.concat([p["meta"] for p in parts], ignore_index=True),
+              "landmark_names": parts[0]["landmark_names"]}
+    for key in ("images", "labels", "masks", "landmarks"):
+        joined[key] = None if parts[0][key] is None else np.concatenate([p[key] for p in parts])
+    return joined
+
+
+def prepare_cxr(cfg: dict, root: Path) -> pd.DataFrame:
+    """Radiographs at the render size, labels, masks and landmarks (synthetic only), patient-level splits."""
+    from eden_lib.data.synth_cxr import MASKS
+
+    c = cfg["data"]["cxr"]
+    size = c["render_size"]
+    arrays = _read_cxr_splits(root, list(c["labels"]), size)
+    meta = arrays["meta"]
+    meta["split"] = carve_validation(meta, c["val_fraction"], cfg["seed"])
+    if "site" not in meta:
+        meta["site"] = "unknown"
+    n = len(meta)
+    masks, landmarks = arrays["masks"], arrays["landmarks"]
+    info = {
+        "source": cfg["data"]["source"],
+        "labels": list(c["labels"]),
+        "masks": list(MASKS) if masks is not None else [],
+        "landmarks": list(arrays["landmark_names"] or []) if landmarks is not None else [],
+        "render_size": size,
+    }
+    prepared.write_cxr(
+        paths.prepared_dir("cxr"),
+        images=arrays["images"],
+        masks=masks if masks is not None else np.zeros((n, size, size), np.uint8),
+        landmarks=landmarks if landmarks is not None else np.zeros((n, 0, 2), np.float32),
+        labels=arrays["labels"],
+        meta=meta[["image_index", "patient_id", "sex", "age", "site", "split"]],
+        info=info,
+    )
+    return meta
+
+
+def prepare_ct(cfg: dict, root: Path) -> pd.DataFrame:
+    """Candidate cubes of every scan and Models Genesis sub-volumes of the training scans.
+
+    Scans are split by LUNA16 subset (the papers' convention): subsets below ``round(10 * (1 - test_fraction))``
+    train, the rest test.
+    """
+    from eden_lib.data.luna16 import LUNA16Index, extract_candidate_cubes, read_scan
+    from eden_lib.data.subvolumes import hu_to_unit, sample_subvolumes
+    from eden_lib.seed import rng
+
+    c = cfg["data"]["ct"]
+    index = LUNA16Index(root)
+    n_train_subsets = int(round(10 * (1 - c["test_fraction"])))
+    cubes = extract_candidate_cubes(index, size=c["cube_size"])
+    meta = pd.DataFrame({"seriesuid": cubes["seriesuid"], "label": cubes["labels"], "subset": cubes["subset"]})
+    meta[["coordX", "coordY", "coordZ"]] = cubes["world"]
+    meta["split"] = np.where(meta["subset"] < n_train_subsets, "train", "test")
+    if set(meta["split"]) != {"train", "test"}:
+        raise ValueError(f"CT candidates of {root} fall into splits {sorted(set(meta['split']))}; "
+                         f"need scans in subsets below and from {n_train_subsets} (data.ct.test_fraction)")
+    generator = rng(cfg["seed"], "subvolumes")
+    subvolumes = []
+    for uid, path in index.scans.items():
+        if index.subset_of[uid] >= n_train_subsets:
+            continue
+        volume01 = hu_to_unit(np.transpose(read_scan(path).hu, (2, 1, 0)))  # (z, y, x) -> (x, y, z) as the paper
+        subvolumes.append(sample_subvolumes(
+            volume01, n_cubes=c["subvolumes_per_scan"], rng=generator, crop=tuple(c["subvolume"]),
+            border_xy=c["subvolume_border"][0], border_z=c["subvolume_border"][1],
+            max_tissue_fraction=c["subvolume_max_tissue"],
+        ))
+    n_sub = sum(len(s) for s in subvolumes)
+    if n_sub == 0:
+        raise RuntimeError(f"no Models Genesis sub-volume of {root} passed the acceptance test "
+                           f"(data.ct.subvolume_max_tissue = {c['subvolume_max_tissue']})")
+    info = {"source": cfg["data"]["source"], "cube_size": c["cube_size"], "subvolume": list(c["subvolume"]),
+            "n_subvolumes": n_sub}
+    prepared.write_ct(paths.prepared_dir("ct"), np.concatenate(subvolumes), cubes["cubes"], meta, info)
+    return meta
+
+
+def prepare_study(cfg: dict) -> pd.DataFrame:
+    """Run the stage; returns a one-row-per-dataset summary (counts per split, positives, seconds)."""
+    t0 = time.perf_counter()
+    synthetic = paths.raw_dir("synthetic")
+    if synthetic.exists():
+        shutil.rmtree(synthetic)
+    synthetic.mkdir(parents=True)
+    if cfg["data"]["source"] == "real":
+        (synthetic / "README.md").write_text("data.source is 'real': no synthetic data was generated.\n")
+    cxr_meta = prepare_cxr(cfg, _cxr_root(cfg))
+    t1 = time.perf_counter()
+    ct_meta = prepare_ct(cfg, _ct_root(cfg))
+    t2 = time.perf_counter()
+    rows = []
+    for name, meta, seconds in (("cxr", cxr_meta, t1 - t0), ("ct_candidates", ct_meta, t2 - t1)):
+        counts = meta["split"].value_counts()
+        rows.append(
+            {
+                "dataset": name,
+                **{f"n_{s}": int(counts.get(s, 0)) for s in ("train", "val", "test")},
+                "patients": int(meta["patient_id"].nunique()) if "patient_id" in meta else int(meta["seriesuid"].nunique()),
+                "seconds": round(seconds, 1),
+            }
+        )
+    return pd.DataFrame(rows)

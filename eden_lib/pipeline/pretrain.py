@@ -1,0 +1,176 @@
+"""Stage ``pretrain@<method>``: pretrain one method in each spatial dimension it supports.
+
+Every method gets the same budget in encoder passes (``pretrain.image_passes_2d`` / ``volume_passes_3d``), spread
+over ``pretrain.epochs`` epochs with a checkpoint after each; a rerun after a kill resumes from the last one.
+Writes the exported weights to ``data/models/<method>/`` (``encoder.pt`` and ``unet.pt`` for 2D, ``unet3d.pt`` for
+3D), ``reports/metrics/pretrain/<method>.json`` and ``reports/plots/pretrain/<method>.csv``.
+
+Also a command line, for ``torchrun`` and for runs outside DVC::
+
+    python -m eden_lib.pipeline.pretrain --method models_genesis [--profile smoke] [--dims 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from eden_lib import paths
+from eden_lib.config import load_params
+
+
+def checkpoint_dir(method: str, dims: int) -> Path:
+    return paths.data_dir() / "checkpoints" / method / f"{dims}d"
+
+
+def build_context(cfg: dict, dims: int, n_labels: int):
+    from eden_lib.methods import BuildContext
+
+    p = cfg["pretrain"]
+    return BuildContext(
+        spatial_dims=dims,
+        backbone_2d=dict(p["backbone_2d"]),
+        unet2d_decoder=tuple(p["unet2d_decoder"]),
+        unet3d_width=p["unet3d_width"],
+        n_labels=n_labels,
+    )
+
+
+def fingerprint(cfg: dict, method: str, dims: int) -> str:
+    """Identifies everything that shapes a pretraining run; a checkpoint is resumed only under the same one."""
+    keys = {k: cfg[k] for k in ("seed", "data", "pretrain")}
+    keys["method"] = cfg["methods"][method]
+    keys["dims"] = dims
+    return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()
+
+
+def _batches(cfg: dict, method, dims: int, steps: int):
+    from eden_lib.data import batches, prepared
+
+    kind = method.data[dims]
+    bs = method.cfg.batch_size
+    if kind == "cxr_images":
+        cxr = prepared.load_cxr()
+        train = cxr.split_indices("train")
+        return batches.cxr_batches(cxr.images, cxr.labels, train, bs, steps, cfg["data"]["image_size"])
+    ct = prepared.load_ct()
+    if kind == "ct_subvolumes":
+        return batches.volume_batches(ct.subvolumes, None, np.arange(len(ct.subvolumes)), bs, steps)
+    if kind == "ct_candidates":
+        train = ct.candidate_indices("train")
+        labels = ct.candidate_meta["label"].to_numpy()
+        return batches.volume_batches(ct.candidates, labels, train, bs, steps)
+    raise ValueError(f"method {method.name} asks for unknown data {kind!r}")
+
+
+def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None = None) -> dict:
+    """Pretrain (or, for untrained methods, initialise) ``name`` in ``dims`` D and export its weights."""
+    from eden_lib.checkpoints import save_weights
+    from eden_lib.engine import TrainConfig, fit
+    from eden_lib.methods import build_method
+    from eden_lib.seed import seed_everything
+
+    n_labels = len(cfg["data"]["cxr"]["labels"]) if dims == 2 else 1
+    seed_everything(cfg["seed"])
+    method = build_method(name, cfg["methods"][name], build_context(cfg, dims, n_labels))
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    p = cfg["pretrain"]
+    budget = p["image_passes_2d"] if dims == 2 else p["volume_passes_3d"]
+    epochs = p["epochs"]
+    if method.trains:
+        per_step = method.cfg.batch_size * method.views
+        steps = max(1, math.ceil(budget / per_step / epochs))
+        optimizer = method.configure_optimizer()
+        history = fit(
+            method,
+            _batches(cfg, method, dims, steps),
+            optimizer,
+            TrainConfig(
+                epochs=epochs,
+                checkpoint_dir=checkpoint_dir(name, dims),
+                seed=cfg["seed"],
+                fingerprint=fingerprint(cfg, name, dims),
+                device=p["device"],
+                amp=p["amp"],
+                log_file=paths.logs_dir() / f"pretrain_{name}_{dims}d.log",
+                stop_after_epochs=stop_after_epochs,
+                extra={"name": f"{name} {dims}D"},
+            ),
+            scheduler=method.configure_scheduler(optimizer, epochs),
+            steps_per_epoch=steps,
+        )
+        if len(history) < epochs:
+            return {"dims": dims, "complete": False, "history": history}
+    out = paths.models_dir(name)
+    for export, module in method.exports().items():
+        save_weights(module.cpu(), out / f"{export}.pt", method=name, spatial_dims=dims, export=export)
+    return {
+        "dims": dims,
+        "complete": True,
+        "history": history,
+        "passes": budget if method.trains else 0,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def run_pretrain(cfg: dict, name: str, stop_after_epochs: int | None = None) -> pd.DataFrame:
+    """Pretrain ``name`` in each of its dimensions; write metrics and the loss-curve table. Returns the curve."""
+    from eden_lib.methods import validate_method_config
+    from eden_lib.reporting.io import write_json
+
+    dims_list = validate_method_config(name, cfg["methods"][name]).dims
+    out = paths.models_dir(name)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir(name, dims_list[0]).parent.mkdir(parents=True, exist_ok=True)  # a DVC output, even if unused
+    results = [pretrain_dims(cfg, name, d, stop_after_epochs) for d in dims_list]
+    if not all(r["complete"] for r in results):
+        raise SystemExit(f"pretraining of {name} stopped early on request; rerun to resume")
+    curve = pd.DataFrame(
+        [{"dims": f"{r['dims']}d", **row} for r in results for row in r["history"]],
+        columns=["dims", "epoch", "loss", "lr", "seconds"],
+    )
+    metrics = {
+        "method": name,
+        "profile": cfg["profile"],
+        **{
+            f"{r['dims']}d": {
+                "budget_passes": r["passes"],
+                "epochs": len(r["history"]),
+                "first_loss": r["history"][0]["loss"] if r["history"] else None,
+                "final_loss": r["history"][-1]["loss"] if r["history"] else None,
+            }
+            for r in results
+        },
+    }
+    write_json(metrics, paths.metrics_file("pretrain", name))
+    plot = paths.reports_dir() / "plots" / "pretrain" / f"{name}.csv"
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    curve[["dims", "epoch", "loss", "lr"]].to_csv(plot, index=False)
+    return curve
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--stop-after-epochs", type=int, default=None, help="stop early (tests, time boxes)")
+    args = parser.parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if os.environ.get("EDEN_DDP_BACKEND") == "nccl" else "gloo")
+    cfg = load_params(profile=args.profile)
+    run_pretrain(cfg, args.method, stop_after_epochs=args.stop_after_epochs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Stage ``transfer@<method>``: every downstream task x protocol x label budget x seed for one method.
+
+Frozen features are extracted once (``data/features/<method>.npz``: whole radiographs, landmark patches of test
+patients, 3D nodule candidates); linear probes, the embedding stage and the bias stage read them. Fine-tuning runs
+start from the exported pretrained weights. Methods share paired seeds: the same label subsets and seeds for all.
+Writes ``reports/metrics/transfer/<method>.json`` (a summary plus one record per run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eden_lib import paths
+from eden_lib.checkpoints import load_weights
+from eden_lib.data import prepared
+from eden_lib.data.batches import resize_2d
+from eden_lib.data.patches import crop_around, unpack_masks
+from eden_lib.evaluation.finetune import FinetuneConfig, finetune, predict
+from eden_lib.evaluation.linear_probe import fit_predict_linear_probe
+from eden_lib.evaluation.metrics import auc_per_label, dice_per_class
+from eden_lib.evaluation.subsets import label_fraction_subset, shot_subset
+from eden_lib.methods import networks
+from eden_lib.methods.supervised import masked_bce
+from eden_lib.pipeline.pretrain import build_context
+from eden_lib.seed import rng, seed_everything
+
+
+def _load_encoder_2d(cfg: dict, method: str) -> nn.Module:
+    encoder = networks.encoder_2d(build_context(cfg, 2, 0))
+    load_weights(encoder, paths.models_dir(method) / "encoder.pt")
+    return encoder
+
+
+def _load_unet3d(cfg: dict, method: str) -> nn.Module:
+    unet = networks.unet_3d(build_context(cfg, 3, 1))
+    load_weights(unet, paths.models_dir(method) / "unet3d.pt")
+    return unet
+
+
+def landmark_patients(cxr: prepared.PreparedCXR, n: int, seed: int) -> np.ndarray:
+    """Test images whose landmark patches are embedded (one image per patient, seeded, sorted)."""
+    test = cxr.split_indices("test")
+    first = pd.Series(test).groupby(cxr.meta["patient_id"].to_numpy()[test]).first().to_numpy()
+    n = min(n, len(first))
+    return np.sort(rng(seed, "landmark_patients").choice(first, size=n, replace=False))
+
+
+def extract_features(cfg: dict, method: str, cxr: prepared.PreparedCXR, ct: prepared.PreparedCT) -> dict:
+    """Frozen features of one method; saved to ``data/features/<method>.npz`` and returned."""
+    size = cfg["data"]["image_size"]
+    device = cfg["pretrain"]["device"]
+    encoder = _load_encoder_2d(cfg, method)
+    x = resize_2d(cxr.images, size)
+    out: dict[str, np.ndarray] = {"cxr": predict(encoder, encoder, x, device=device)}
+    emb = cfg["embedding"]
+    if cxr.landmarks.shape[1]:
+        rows = landmark_patients(cxr, emb["n_patients"], cfg["seed"])
+        n_l = cxr.landmarks.shape[1]
+        images = np.repeat(np.asarray(cxr.images[rows]), n_l, axis=0)
+        centers = cxr.landmarks[rows].reshape(-1, 2)
+        patches = crop_around(images, centers, emb["patch_size"], size)
+        out["landmark"] = predict(encoder, encoder, patches, device=device)
+        out["landmark_row"] = np.repeat(rows, n_l)
+        out["landmark_id"] = np.tile(np.arange(n_l), len(rows))
+    unet = _load_unet3d(cfg, method)
+    cubes = torch.from_numpy(np.asarray(ct.candidates, dtype=np.float32)).unsqueeze(1)
+    out["ct"] = predict(unet.pooled_features, unet, cubes, batch=64, device=device)
+    path = paths.features_file(method)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **out)
+    return out
+
+
+def _finetune_cfg(cfg: dict, task: str) -> FinetuneConfig:
+    f = cfg["transfer"]["finetune"]
+    return FinetuneConfig(cfg["tasks"][task]["finetune_epochs"], f["batch_size"], f["lr"], f["weight_decay"],
+                          f["min_steps"], cfg["pretrain"]["device"])
+
+
+def _record(task, protocol, budget, seed, metric, per_class: dict[str, float]) -> dict:
+    values = np.array(list(per_class.values()), dtype=float)
+    value = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+    return {"task": task, "protocol": protocol, "budget": budget, "seed": seed, "metric": metric,
+            "value": value, "per_class": per_class}
+
+
+def classification_runs(
+    cfg: dict,
+    task: str,
+    names: list[str],
+    features: np.ndarray,
+    inputs: torch.Tensor,
+    y: np.ndarray,
+    split: tuple[np.ndarray, np.ndarray],
+    build_net: Callable[[], nn.Module],
+) -> list[dict]:
+    """Linear probes (per label fraction x seed) and fine-tuning (per seed) of one multi-label classification task.
+
+    Args:
+        task: key of ``tasks``; names: the K label names.
+        features: frozen features of every sample (N, D); inputs: the samples for fine-tuning (N, 1, *spatial).
+        y: labels (N, K), NaN = unknown; split: (train indices, test indices).
+        build_net: a fresh network (pretrained encoder + new linear head) per fine-tuning seed.
+    """
+    t = cfg["transfer"]
+    train, test = split
+    records = []
+    if "linear_probe" in cfg["tasks"][task]["protocols"]:
+        for frac in t["label_fractions"]:
+            for seed in t["seeds"]:
+                sub = train[label_fraction_subset(y[train], frac, seed, t["min_positives"])]
+                scores = fit_predict_linear_probe(features[sub], y[sub], features[test],
+                                                  C=t["linear_probe"]["C"], seed=seed)
+                records.append(_record(task, "linear_probe", f"{frac:g}", seed, "auc",
+                                       dict(zip(names, auc_per_label(y[test], scores)))))
+    if "finetune" in cfg["tasks"][task]["protocols"]:
+        frac = t["finetune_fraction"]
+        for seed in t["seeds"]:
+            sub = train[label_fraction_subset(y[train], frac, seed, t["min_positives"])]
+            seed_everything(seed)
+            net = build_net()
+            finetune(net, masked_bce, inputs[sub], torch.from_numpy(y[sub]), _finetune_cfg(cfg, task), seed)
+            scores = predict(net, net, inputs[test], batch=64, device=cfg["pretrain"]["device"])
+            records.append(_record(task, "finetune", f"{frac:g}", seed, "auc",
+                                   dict(zip(names, auc_per_label(y[test], scores)))))
+    return records
+
+
+def cxr_classification(cfg: dict, method: str, cxr: prepared.PreparedCXR, feats: dict) -> list[dict]:
+    def build() -> nn.Module:
+        encoder = _load_encoder_2d(cfg, method)
+        return nn.Sequential(encoder, nn.Linear(encoder.out_dim, len(cxr.info["labels"])))
+
+    x = resize_2d(cxr.images, cfg["data"]["image_size"])
+    split = (cxr.split_indices("train"), cxr.split_indices("test"))
+    return classification_runs(cfg, "cxr_classification", cxr.info["labels"], feats["cxr"], x, cxr.labels, split,
+                               build)
+
+
+def _seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from monai.losses import DiceLoss
+
+    return F.binary_cross_entropy_with_logits(logits.float(), target) + DiceLoss(sigmoid=True)(logits.float(), target)
+
+
+def cxr_segmentation(cfg: dict, method: str, cxr) -> list[dict]:
+    task = cfg["tasks"]["cxr_segmentation"]
+    if not cxr.info["masks"]:
+        return []
+    structures = task["structures"]
+    bits = [cxr.info["masks"].index(s) for s in structures]
+    size = cfg["data"]["image_size"]
+    train, test = cxr.split_indices("train"), cxr.split_indices("test")
+    x = resize_2d(cxr.images, size)
+    masks = unpack_masks(np.asarray(cxr.masks), bits, size)
+    has_unet = (paths.models_dir(method) / "unet.pt").is_file()
+    records = []
+    for seed in cfg["transfer"]["seeds"]:
+        sub = train[shot_subset(len(train), task["shots"], seed)]
+        seed_everything(seed)
+        ctx = build_context(cfg, 2, 0)
+        if has_unet:  # the method pretrained a whole U-Net (e.g. Models Genesis): fine-tune all of it
+            net = networks.unet_2d(ctx, out_channels=1)
+            load_weights(net, paths.models_dir(method) / "unet.pt")
+            net.segmentation_head = nn.Sequential(nn.Conv2d(ctx.unet2d_decoder[-1], len(bits), 3, padding=1))
+        else:
+            net = networks.unet_2d(ctx, out_channels=len(bits), encoder=_load_encoder_2d(cfg, method))
+        finetune(net, _seg_loss, x[sub], masks[sub], _finetune_cfg(cfg, "cxr_segmentation"), seed)
+        pred = predict(net, net, x[test], device=cfg["pretrain"]["device"]) > 0
+        dice = dice_per_class(pred, masks[test].numpy() > 0.5)
+        records.append(_record("cxr_segmentation", "finetune", f"{task['shots']}_shots", seed, "dice",
+                               dict(zip(structures, dice))))
+    return records
+
+
+def ct_nodule_classification(cfg: dict, method: str, ct: prepared.PreparedCT, feats: dict) -> list[dict]:
+    def build() -> nn.Module:
+        return _PooledClassifier(_load_unet3d(cfg, method), networks.feature_dim_3d(build_context(cfg, 3, 1)))
+
+    cubes = torch.from_numpy(np.asarray(ct.candidates, dtype=np.float32)).unsqueeze(1)
+    y = ct.candidate_meta["label"].to_numpy(dtype=np.float32).reshape(-1, 1)
+    split = (ct.candidate_indices("train"), ct.candidate_indices("test"))
+    return classification_runs(cfg, "ct_nodule_classification", ["nodule"], feats["ct"], cubes, y, split, build)
+
+
+class _PooledClassifier(nn.Module):
+    """UNet3D encoder, global average pooling, one linear output (the encoder-only fine-tuning of the papers)."""
+
+    def __init__(self, unet: nn.Module, dim: int) -> None:
+        super().__init__()
+        self.unet = unet
+        self.fc = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.unet.pooled_features(x))
+
+
+def summarize(records: list[dict]) -> dict:
+    """``{task: {protocol: {budget: {"mean", "std", "n"}}}}`` over seeds (keys without dots for DVC)."""
+    df = pd.DataFrame(records)
+    out: dict = {}
+    for (task, protocol, budget), g in df.groupby(["task", "protocol", "budget"], sort=True):
+        key = "b_" + str(budget).replace(".", "p")
+        vals = g["value"].to_numpy(dtype=float)
+        out.setdefault(task, {}).setdefault(protocol, {})[key] = {
+            "mean": float(np.nanmean(vals)) if np.isfinite(vals).any() else None,
+            "std": float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else None,
+            "n": int(np.isfinite(vals).sum()),
+        }
+    return out
+
+
+def run_transfer(cfg: dict, method: str) -> pd.DataFrame:
+    """Run every task of the stage for ``method``; returns the tidy records (one row per run)."""
+    from eden_lib.reporting.io import write_json
+
+    cxr, ct = prepared.load_cxr(), prepared.load_ct()
+    feats = extract_features(cfg, method, cxr, ct)
+    records = cxr_classification(cfg, method, cxr, feats)
+    records += cxr_segmentation(cfg, method, cxr)
+    records += ct_nodule_classification(cfg, method, ct, feats)
+    write_json({"method": method, "profile": cfg["profile"], "summary": summarize(records), "runs": records},
+               paths.metrics_file("transfer", method))
+    return pd.DataFrame(records).drop(columns=["per_class"])

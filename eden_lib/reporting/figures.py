@@ -1,0 +1,96 @@
+"""Seaborn figures of the study. Each function returns a ``matplotlib.figure.Figure``; :func:`save` writes PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+
+
+def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def loss_curves(curve: pd.DataFrame, title: str) -> Figure:
+    """``curve``: columns dims, epoch, loss; one panel per dimension."""
+    panels = sorted(curve["dims"].unique()) if len(curve) else ["none"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2), squeeze=False)
+    for ax, dims in zip(axes[0], panels):
+        part = curve[curve["dims"] == dims]
+        ax.plot(part["epoch"] + 1, part["loss"], marker="o")
+        ax.set(title=f"{title} ({dims})", xlabel="epoch", ylabel="training loss")
+    if not len(curve):
+        axes[0][0].text(0.5, 0.5, "no pretraining (random initialisation)", ha="center", va="center")
+    fig.tight_layout()
+    return fig
+
+
+def embedding_grid(coords: pd.DataFrame) -> Figure:
+    """``coords``: columns method, projection, x, y, landmark; one panel per (method, projection)."""
+    methods = list(dict.fromkeys(coords["method"]))
+    projections = list(dict.fromkeys(coords["projection"]))
+    fig, axes = plt.subplots(len(projections), len(methods), figsize=(3.4 * len(methods), 3.2 * len(projections)),
+                             squeeze=False)
+    for i, proj in enumerate(projections):
+        for j, method in enumerate(methods):
+            part = coords[(coords["method"] == method) & (coords["projection"] == proj)]
+            sns.scatterplot(data=part, x="x", y="y", hue="landmark", s=9, linewidth=0, ax=axes[i][j],
+                            legend=(i == 0 and j == len(methods) - 1), palette="tab20")
+            axes[i][j].set(title=f"{method} ({proj})", xticks=[], yticks=[], xlabel="", ylabel="")
+    if axes[0][-1].get_legend() is not None:
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title="landmark")
+    fig.tight_layout()
+    return fig
+
+
+def metric_bars(df: pd.DataFrame, x: str, y: str, hue: str, col: str, title: str) -> Figure:
+    """Mean +- sd bars over seeds: ``df`` has one row per run."""
+    grid = sns.catplot(data=df, x=x, y=y, hue=hue, col=col, kind="bar", errorbar="sd", height=3.2, aspect=1.3,
+                       sharex=False, sharey=False)
+    grid.set_xticklabels(rotation=20)
+    grid.figure.suptitle(title, y=1.03)
+    return grid.figure
+
+
+def bias_boxes(table: pd.DataFrame) -> Figure:
+    """Per-sex AUC by training set and method; ``table`` is the bias study's tidy frame (one row per label)."""
+    per_label = table[table["label"] != "mean"]
+    long = per_label.melt(id_vars=["method", "train_set", "label", "seed"], value_vars=["auc_male", "auc_female"],
+                          var_name="sex", value_name="auc")
+    long["sex"] = long["sex"].map({"auc_male": "male", "auc_female": "female"})
+    grid = sns.catplot(data=long, x="train_set", y="auc", hue="sex", col="method", kind="box", height=3.2,
+                       aspect=1.0)
+    grid.set_axis_labels("training set", "AUC on the test set")
+    grid.figure.suptitle("Per-sex AUC of probes trained on male-only, female-only and balanced sets", y=1.04)
+    return grid.figure
+
+
+def cxr_examples(cxr, n: int = 8) -> Figure:
+    """The first ``n`` radiographs of the prepared cache with their landmarks and mask outlines."""
+    import numpy as np
+
+    n = min(n, len(cxr.images))
+    fig, axes = plt.subplots(2, (n + 1) // 2, figsize=(2.4 * ((n + 1) // 2), 5.2), squeeze=False)
+    for ax, i in zip(axes.flat, range(n)):
+        ax.imshow(cxr.images[i], cmap="gray")
+        for bit in range(len(cxr.info["masks"])):
+            ax.contour((np.asarray(cxr.masks[i]) >> bit) & 1, levels=[0.5], linewidths=0.6,
+                       colors=[sns.color_palette("colorblind")[bit % 10]])
+        if cxr.landmarks.shape[1]:
+            ax.scatter(cxr.landmarks[i, :, 0], cxr.landmarks[i, :, 1], s=6, c="red")
+        row = cxr.meta.iloc[i]
+        ax.set_title(f"{row['sex']} {row['age']} {row['site']}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

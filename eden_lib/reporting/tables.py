@@ -1,0 +1,98 @@
+"""Report tables: Markdown rendering (no tabulate dependency) and the STUDY §7.1 comparison table."""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import pandas as pd
+
+MISSING = "–"  # shown for NaN / not applicable
+
+
+def _is_nan(x: object) -> bool:
+    return isinstance(x, Real) and not isinstance(x, Integral) and math.isnan(float(x))
+
+
+def mean_std_cell(mean: float, std: float, digits: int = 3) -> str:
+    """``"0.812 ± 0.014"``; only the mean when ``std`` is NaN (one run); ``"–"`` when the mean is NaN."""
+    if _is_nan(mean):
+        return MISSING
+    return f"{mean:.{digits}f}" if _is_nan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def format_p(p: float, digits: int = 3) -> str:
+    """A p-value cell: ``"0.023"``, ``"<0.001"`` below the last digit, ``"–"`` for NaN."""
+    if _is_nan(p):
+        return MISSING
+    floor = 10.0**-digits
+    return f"<{floor:.{digits}f}" if p < floor else f"{p:.{digits}f}"
+
+
+def _cell(x: object, float_fmt: str) -> str:
+    if _is_nan(x) or x is None or x is pd.NA:
+        return MISSING
+    if isinstance(x, Real) and not isinstance(x, (bool, Integral)):
+        return format(float(x), float_fmt)
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(df: pd.DataFrame, float_fmt: str = ".3f", index: bool = False) -> str:
+    """Render a frame as a GitHub-flavoured Markdown table.
+
+    Args:
+        df: any frame; one table row per frame row.
+        float_fmt: format spec for float cells (e.g. ``".3f"``, ``".2e"``); NaN shows as ``"–"``.
+        index: also render the index as the first column.
+
+    Returns:
+        The table text: header, alignment row (numeric columns right-aligned), one line per row, no trailing newline.
+    """
+    if index:
+        df = df.reset_index()
+    header = [str(c).replace("|", "\\|") for c in df.columns]
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if num else "---" for num in numeric) + "|",
+    ]
+    lines += ["| " + " | ".join(_cell(v, float_fmt) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def format_comparison_table(comparison: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """The §7.1 table from :func:`eden_lib.evaluation.statistics.compare_methods` output, as text cells.
+
+    Columns: ``method, n, mean ± std, Δ vs <reference> [CI]`` (signed difference with its confidence interval),
+    ``d`` (Cohen's d), ``test``, ``p (<correction>)``, ``sig`` (stars on the corrected p) and
+    ``p replication`` (the papers' unpaired two-sample t-test, uncorrected). The reference row shows ``"–"`` in the
+    comparison columns. Render with :func:`markdown_table`.
+    """
+    required = ["method", "n", "mean", "std", "diff", "ci_low", "ci_high", "cohens_d", "test", "p_adjusted",
+                "stars", "p_replication"]
+    missing = [c for c in required if c not in comparison.columns]
+    if missing:
+        raise KeyError(f"format_comparison_table: columns {missing} missing; pass compare_methods(...) output")
+    reference = comparison.attrs.get("reference", comparison["method"].iloc[0])
+    correction = comparison.attrs.get("correction", "corrected")
+    level = comparison.attrs.get("level", 0.95)
+
+    def diff_cell(r: dict) -> str:
+        if _is_nan(r["diff"]):
+            return MISSING
+        if _is_nan(r["ci_low"]):
+            return f"{r['diff']:+.{digits}f}"
+        return f"{r['diff']:+.{digits}f} [{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}]"
+
+    rows = comparison.to_dict("records")
+    return pd.DataFrame({
+        "method": [r["method"] for r in rows],
+        "n": [int(r["n"]) for r in rows],
+        "mean ± std": [mean_std_cell(r["mean"], r["std"], digits) for r in rows],
+        f"Δ vs {reference} [{level:.0%} CI]": [diff_cell(r) for r in rows],
+        "d": [MISSING if _is_nan(r["cohens_d"]) else f"{r['cohens_d']:.2f}" for r in rows],
+        "test": [r["test"] if isinstance(r["test"], str) else MISSING for r in rows],
+        f"p ({correction})": [format_p(r["p_adjusted"], digits) for r in rows],
+        "sig": [r["stars"] or MISSING for r in rows],
+        "p replication (unpaired t)": [format_p(r["p_replication"], digits) for r in rows],
+    })

@@ -1,0 +1,84 @@
+import pytest
+import torch
+from torch import nn
+
+from eden_lib.engine import NonFiniteLossError, TrainConfig, fit
+
+
+class TinyRegression(nn.Module):
+    """A method-shaped module: forward(batch, generator) -> {"loss", ...}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 1)
+        self.steps = 0
+
+    def forward(self, batch, generator):
+        err = self.lin(batch["x"]) - batch["y"]
+        return {"loss": (err**2).mean(), "abs_err": err.abs().mean()}
+
+    def after_step(self):
+        self.steps += 1
+
+
+def batches(epoch, generator):
+    for _ in range(5):
+        x = torch.randn(8, 4, generator=generator)
+        yield {"x": x, "y": x.sum(1, keepdim=True)}
+
+
+def _run(tmp_path, fingerprint="a", **kw):
+    torch.manual_seed(0)
+    model = TinyRegression()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 2, 0.5)
+    cfg = TrainConfig(epochs=4, checkpoint_dir=tmp_path, seed=3, fingerprint=fingerprint, device="cpu", **kw)
+    return model, fit(model, batches, opt, cfg, scheduler=sched)
+
+
+def test_loss_falls_and_metrics_are_per_epoch(tmp_path):
+    model, history = _run(tmp_path)
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    assert history[-1]["loss"] < history[0]["loss"] / 4
+    assert {"loss", "abs_err", "lr", "seconds"} <= set(history[0])
+    assert history[2]["lr"] == pytest.approx(0.025)  # the scheduler stepped per epoch
+    assert model.steps == 20
+
+
+def test_resume_after_stop_gives_identical_weights(tmp_path):
+    full, full_hist = _run(tmp_path / "full")
+    _, partial = _run(tmp_path / "split", stop_after_epochs=2)
+    assert len(partial) == 2
+    resumed, hist = _run(tmp_path / "split")
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert hist[-1]["loss"] == pytest.approx(full_hist[-1]["loss"])
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path, capsys):
+    _run(tmp_path, fingerprint="a", stop_after_epochs=2)
+    _, hist = _run(tmp_path, fingerprint="b", stop_after_epochs=1)
+    assert [h["epoch"] for h in hist] == [0]
+    assert "another configuration" in capsys.readouterr().out
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    def bad_batches(epoch, generator):
+        for step in range(3):
+            x = torch.randn(8, 4, generator=generator)
+            y = x.sum(1, keepdim=True)
+            if epoch == 1 and step == 2:
+                y = y * float("nan")
+            yield {"x": x, "y": y}
+
+    model = TinyRegression()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1 step 2"):
+        fit(model, bad_batches, opt, TrainConfig(epochs=3, device="cpu"))
+
+
+def test_same_seed_same_numbers_on_cpu(tmp_path):
+    a, ha = _run(tmp_path / "a")
+    b, hb = _run(tmp_path / "b")
+    assert [h["loss"] for h in ha] == [h["loss"] for h in hb]

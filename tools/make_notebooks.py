@@ -1,0 +1,134 @@
+"""Writes the pipeline notebooks under notebooks/ (output-free, stable cell ids).
+
+The notebooks are the committed source; this script is how they are (re)generated so their cells stay thin and
+uniform. Run: ``python tools/make_notebooks.py``; then commit the notebooks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SETUP = """\
+from eden_lib.config import load_params
+from eden_lib.reporting.io import StageTimer
+
+cfg = load_params(profile=profile)
+timer = StageTimer({timer})  # wall time and peak memory -> reports/timing/
+print("profile:", cfg["profile"])"""
+
+REPORT_SETUP = """\
+from eden_lib.config import load_params
+
+cfg = load_params(profile=profile)
+print("profile:", cfg["profile"])"""
+
+NOTEBOOKS: dict[str, tuple[str, str, list[str]]] = {
+    "00_prepare": (
+        "# Prepare: synthetic anatomy (or real data) -> native layouts -> real loaders -> tensor cache\n\n"
+        "Writes SynthCXR as ChestX-ray14 and SynthCT as LUNA16 under `data/raw/synthetic/` (with `data.source: "
+        "synthetic`), reads them back through the loaders used for real data, splits at patient level and writes "
+        "`data/prepared/`. Reads params: `seed`, `data`.",
+        'profile = None  # None: the profile named in params.yaml',
+        [
+            SETUP.format(timer='"prepare"'),
+            "from eden_lib.pipeline.prepare import prepare_study\n\nsummary = prepare_study(cfg)\nsummary",
+            "from eden_lib import paths\nfrom eden_lib.data import prepared\nfrom eden_lib.reporting import figures\n\n"
+            "cxr = prepared.load_cxr()\nfig = figures.cxr_examples(cxr)\n"
+            "figures.save(fig, paths.figures_dir(\"prepare\") / \"cxr_examples.png\")",
+            "cxr.meta.groupby([\"split\", \"sex\"]).size().unstack()",
+            "timer.write()",
+        ],
+    ),
+    "10_pretrain": (
+        "# Pretrain one method\n\nPretrains `method` in each spatial dimension it supports, with the shared budget "
+        "in encoder passes; resumes from `data/checkpoints/<method>/` after a kill. Reads params: `seed`, `data`, "
+        "`pretrain`, `methods.<method>`.",
+        'method = "scratch"\nprofile = None  # None: the profile named in params.yaml',
+        [
+            SETUP.format(timer='f"pretrain_{method}"'),
+            "from eden_lib.pipeline.pretrain import run_pretrain\n\ncurve = run_pretrain(cfg, method)\ncurve",
+            "from eden_lib import paths\nfrom eden_lib.reporting import figures\n\nfig = figures.loss_curves(curve, method)\n"
+            "figures.save(fig, paths.figures_dir(\"pretrain\") / f\"{method}.png\")",
+            "timer.write()",
+        ],
+    ),
+    "20_transfer": (
+        "# Transfer one method\n\nEvery downstream task x protocol x label budget x seed for `method`: linear probes "
+        "on frozen features (extracted once to `data/features/<method>.npz`) and full fine-tuning. Reads params: "
+        "`seed`, `data`, `pretrain`, `transfer`, `tasks`, `embedding`.",
+        'method = "scratch"\nprofile = None  # None: the profile named in params.yaml',
+        [
+            SETUP.format(timer='f"transfer_{method}"'),
+            "from eden_lib.pipeline.transfer import run_transfer\n\nruns = run_transfer(cfg, method)",
+            "runs.groupby([\"task\", \"protocol\", \"budget\"])[\"value\"].agg([\"mean\", \"std\", \"count\"])",
+            "timer.write()",
+        ],
+    ),
+    "30_embedding": (
+        "# Zero-shot landmark embeddings\n\nkNN landmark identification, silhouette, cross-patient matching, and "
+        "t-SNE / UMAP maps for every active method, with floors (raw pixels + PCA, random init) and the supervised "
+        "ceiling. Reads params: `seed`, `data`, `embedding`, `active_methods`.",
+        "profile = None  # None: the profile named in params.yaml",
+        [
+            SETUP.format(timer='"embedding"'),
+            "from eden_lib.pipeline.embedding import run_embedding\n\ntable, coords = run_embedding(cfg)\ntable",
+            "from eden_lib import paths\nfrom eden_lib.reporting import figures\n\nfig = figures.embedding_grid(coords)\n"
+            "figures.save(fig, paths.figures_dir(\"embedding\") / \"landmarks.png\")",
+            "timer.write()",
+        ],
+    ),
+    "40_gender_bias": (
+        "# Gender bias\n\nLinear probes trained on male-only, female-only and balanced sets of the same size; AUC per "
+        "sex on the test set; male - female gaps with bootstrap CIs. Reads params: `seed`, `data`, `transfer`, "
+        "`bias`, `active_methods`.",
+        "profile = None  # None: the profile named in params.yaml",
+        [
+            SETUP.format(timer='"bias"'),
+            "from eden_lib.pipeline.bias import run_bias\n\ntable = run_bias(cfg)\n"
+            "table[table[\"label\"] == \"mean\"].groupby([\"method\", \"train_set\"])[[\"auc_male\", \"auc_female\", "
+            "\"gap\"]].mean()",
+            "from eden_lib import paths\nfrom eden_lib.reporting import figures\n\nfig = figures.bias_boxes(table)\n"
+            "figures.save(fig, paths.figures_dir(\"bias\") / \"gender.png\")",
+            "timer.write()",
+        ],
+    ),
+    "90_report": (
+        "# Report\n\nAggregates every metrics file into `reports/REPORT.md`: tables with mean ± std, differences with "
+        "CIs, Holm-corrected stars, the replication t-test, figures and stage wall times. Reads params: "
+        "`active_methods`, `report`, `transfer`.",
+        "profile = None  # None: the profile named in params.yaml",
+        [
+            REPORT_SETUP,
+            "from eden_lib import paths\nfrom eden_lib.pipeline.report import build_report, transfer_runs\nfrom eden_lib.reporting import figures"
+            "\n\nruns = transfer_runs(cfg)\nfig = figures.metric_bars(runs, x=\"setting\", y=\"value\", hue=\"method\", "
+            "col=\"task\", title=\"Transfer: mean AUC / Dice over classes, ± sd over seeds\")\n"
+            "figures.save(fig, paths.figures_dir(\"report\") / \"transfer.png\")",
+            "from IPython.display import Markdown\n\nMarkdown(build_report(cfg))",
+        ],
+    ),
+}
+
+
+def build(name: str, header: str, parameters: str, calls: list[str]) -> nbformat.NotebookNode:
+    cells = [new_markdown_cell(header), new_code_cell(parameters, metadata={"tags": ["parameters"]})]
+    cells += [new_code_cell(src) for src in calls]
+    for i, cell in enumerate(cells):
+        cell["id"] = f"{name}-{i}"
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def main() -> None:
+    for name, (header, parameters, calls) in NOTEBOOKS.items():
+        nbformat.write(build(name, header, parameters, calls), ROOT / "notebooks" / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    main()
