@@ -90,7 +90,7 @@ class TrainConfig:
 
 
 def _progress(total: int, cfg: TrainConfig, desc: str) -> Any:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text: it goes to a log file, never into a notebook
 
     if cfg.log_file is not None:
         Path(cfg.log_file).parent.mkdir(parents=True, exist_ok=True)

@@ -67,3 +67,12 @@ def test_validation_is_carved_by_patient():
     assert per_patient.max() == 1
     assert (split == "val").sum() == 16
     assert split.equals(carve_validation(meta, 0.2, seed=0))
+
+
+def test_several_patches_per_image_match_one_at_a_time():
+    imgs = np.random.default_rng(1).integers(0, 256, (3, 40, 40), dtype=np.uint8)
+    centers = np.random.default_rng(2).uniform(0, 40, (3, 4, 2))
+    many = crop_around(imgs, centers, patch=12, size=8)
+    single = torch.cat([crop_around(imgs[i : i + 1], centers[i, j][None], 12, 8) for i in range(3) for j in range(4)])
+    assert many.shape == (12, 1, 8, 8)
+    assert torch.allclose(many, single, atol=1e-6)

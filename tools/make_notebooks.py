@@ -54,7 +54,7 @@ NOTEBOOKS: dict[str, tuple[str, str, list[str]]] = {
             "from eden_lib.pipeline.pretrain import run_pretrain\n\ncurve = run_pretrain(cfg, method)\ncurve",
             "from eden_lib import paths\nfrom eden_lib.reporting import figures\n\nfig = figures.loss_curves(curve, method)\n"
             "figures.save(fig, paths.figures_dir(\"pretrain\") / f\"{method}.png\")",
-            "timer.write()",
+            "timer.write(train_seconds=curve[\"seconds\"].sum())  # summed over epochs, also across resumes",
         ],
     ),
     "20_transfer": (

@@ -35,7 +35,8 @@ def landmark_features(cfg: dict) -> tuple[dict[str, np.ndarray], np.ndarray, np.
     expected = landmark_patients(cxr, emb["n_patients"], cfg["seed"])
     if rows is None or not np.array_equal(np.unique(rows), expected):
         raise ValueError("landmark features were extracted for other patients; rerun the transfer stages")
-    patches = crop_around(np.asarray(cxr.images[rows]), cxr.landmarks[rows, ids], emb["patch_size"],
+    patients = rows.reshape(-1, cxr.landmarks.shape[1])[:, 0]  # features are patient-major, landmark-minor
+    patches = crop_around(np.asarray(cxr.images[patients]), cxr.landmarks[patients], emb["patch_size"],
                           cfg["data"]["image_size"])
     pixels = patches.reshape(len(patches), -1).numpy()
     dim = min(64, pixels.shape[0] - 1, pixels.shape[1])

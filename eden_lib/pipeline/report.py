@@ -42,13 +42,34 @@ def _sentence(cmp: pd.DataFrame, reference: str, metric: str) -> list[str]:
         if row.method == reference or not np.isfinite(row.diff):
             continue
         p = row.p_adjusted
-        if np.isfinite(p) and p < 0.05:
+        if not np.isfinite(p):
+            lines.append(f"{row.method} differed from {reference} by {row.diff:+.3f} {metric}; no test: the runs do "
+                         "not vary over seeds (a deterministic probe on the same labels).")
+        elif p < 0.05:
             verdict = "better than" if row.diff > 0 else "worse than"
             lines.append(f"{row.method} was {verdict} {reference} by {row.diff:+.3f} {metric} (corrected p = {p:.3g}).")
         else:
             lines.append(f"{row.method} did not differ significantly from {reference} "
                          f"({row.diff:+.3f} {metric}, corrected p = {p:.3g}).")
     return lines
+
+
+def summary_section(cfg: dict, runs: pd.DataFrame) -> list[str]:
+    """One row per task x protocol x budget: each method's mean (stars: Holm-corrected difference to the reference)."""
+    reference = cfg["report"]["reference"]
+    rows = []
+    for (task, protocol, budget), g in runs.groupby(["task", "protocol", "budget"], sort=True):
+        cmp = compare_methods(g, reference=reference).set_index("method")
+        row = {"task": task, "protocol": protocol, "budget": budget, "metric": g["metric"].iloc[0]}
+        for method in cfg["active_methods"]:
+            if method in cmp.index:
+                stars = cmp.loc[method, "stars"] if method != reference else ""
+                row[method] = f"{cmp.loc[method, 'mean']:.3f}{'' if stars in ('', 'n.s.') else ' ' + stars}"
+        row["best"] = cmp["mean"].idxmax()
+        rows.append(row)
+    return ["## Summary", "", f"Mean over seeds (and over classes); stars mark a Holm-corrected difference to "
+            f"`{reference}` within each setting (details in the Transfer section).", "",
+            markdown_table(pd.DataFrame(rows)), ""]
 
 
 def transfer_section(cfg: dict, runs: pd.DataFrame) -> list[str]:
@@ -85,7 +106,9 @@ def pretrain_section(cfg: dict) -> list[str]:
 
 def embedding_section(cfg: dict) -> list[str]:
     m = read_json(paths.metrics_file("embedding", "landmarks"))
-    df = pd.DataFrame([{"method": k, **v} for k, v in m["methods"].items()])
+    order = [k for k in ("raw_pixels_pca", *cfg["active_methods"]) if k in m["methods"]]
+    df = pd.DataFrame([{"method": k, **m["methods"][k]} for k in order])
+    df = df[["method", "knn_accuracy", "silhouette", "matching_accuracy"]]
     return [
         "## Zero-shot landmark embeddings", "",
         f"{m['n_landmarks']} landmarks of {m['n_patients']} held-out patients; floors: `raw_pixels_pca`, `scratch`; "
@@ -97,10 +120,13 @@ def embedding_section(cfg: dict) -> list[str]:
 
 def bias_section(cfg: dict) -> list[str]:
     m = read_json(paths.metrics_file("bias", "gender"))
-    rows = [{"method": method, "training set": ts, **vals}
-            for method, by_set in m["summary"].items() for ts, vals in by_set.items()]
+    rows = [{"method": method, "training set": ts, **m["summary"][method][ts]}
+            for method in cfg["active_methods"] for ts in ("male", "female", "balanced")]
     df = pd.DataFrame(rows)
     covers = ((df["gap_ci_low"] <= 0) & (df["gap_ci_high"] >= 0)).mean() if len(df) else float("nan")
+    df["gap [95% CI]"] = [f"{g:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                          for g, lo, hi in zip(df["gap"], df["gap_ci_low"], df["gap_ci_high"])]
+    df = df[["method", "training set", "auc_male", "auc_female", "gap [95% CI]"]]
     return [
         "## Gender bias", "",
         f"SynthCXR sex effect: {m['sex_effect']}. Mean over findings and seeds; gap = AUC(male) - AUC(female) with a "
@@ -114,16 +140,20 @@ def timing_section() -> list[str]:
     if not rows:
         return []
     df = pd.DataFrame(rows)
+    df = df[["stage", "seconds", *(["train_seconds"] if "train_seconds" in df else []), "peak_rss_mb"]]
     total = df["seconds"].sum()
+    note = ("`train_seconds`: the pretraining epochs' own time, summed over runs (a stage resumed from complete "
+            "checkpoints only re-exports the weights, so its wall time is short).")
     return ["## Compute", "", "Measured wall time of each stage's work (after kernel start-up and imports) and the "
-            "peak resident memory of its process.", "", markdown_table(df, float_fmt=".1f"), "",
-            f"Total: {total / 60:.1f} minutes.", ""]
+            "peak resident memory of its process.", "", markdown_table(df, float_fmt=".1f"), "", note, "",
+            f"Total stage time: {total / 60:.1f} minutes (plus a few seconds of kernel start-up per notebook).", ""]
 
 
 def build_report(cfg: dict) -> str:
     """Write ``reports/REPORT.md`` and return its text."""
     runs = transfer_runs(cfg)
     lines = [f"# Eden study report (profile `{cfg['profile']}`)", "", CAVEATS, ""]
+    lines += summary_section(cfg, runs)
     lines += pretrain_section(cfg)
     lines += transfer_section(cfg, runs)
     lines += ["![transfer](figures/report/transfer.png)", ""]

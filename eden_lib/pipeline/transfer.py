@@ -62,9 +62,7 @@ def extract_features(cfg: dict, method: str, cxr: prepared.PreparedCXR, ct: prep
     if cxr.landmarks.shape[1]:
         rows = landmark_patients(cxr, emb["n_patients"], cfg["seed"])
         n_l = cxr.landmarks.shape[1]
-        images = np.repeat(np.asarray(cxr.images[rows]), n_l, axis=0)
-        centers = cxr.landmarks[rows].reshape(-1, 2)
-        patches = crop_around(images, centers, emb["patch_size"], size)
+        patches = crop_around(np.asarray(cxr.images[rows]), cxr.landmarks[rows], emb["patch_size"], size)
         out["landmark"] = predict(encoder, encoder, patches, device=device)
         out["landmark_row"] = np.repeat(rows, n_l)
         out["landmark_id"] = np.tile(np.arange(n_l), len(rows))
@@ -115,8 +113,8 @@ def classification_runs(
         for frac in t["label_fractions"]:
             for seed in t["seeds"]:
                 sub = train[label_fraction_subset(y[train], frac, seed, t["min_positives"])]
-                scores = fit_predict_linear_probe(features[sub], y[sub], features[test],
-                                                  C=t["linear_probe"]["C"], seed=seed)
+                scores = fit_predict_linear_probe(features[sub], y[sub], features[test], C=t["linear_probe"]["C"],
+                                                  seed=seed, max_iter=t["linear_probe"]["max_iter"])
                 records.append(_record(task, "linear_probe", f"{frac:g}", seed, "auc",
                                        dict(zip(names, auc_per_label(y[test], scores)))))
     if "finetune" in cfg["tasks"][task]["protocols"]:
@@ -158,7 +156,7 @@ def cxr_segmentation(cfg: dict, method: str, cxr) -> list[dict]:
     size = cfg["data"]["image_size"]
     train, test = cxr.split_indices("train"), cxr.split_indices("test")
     x = resize_2d(cxr.images, size)
-    masks = unpack_masks(np.asarray(cxr.masks), bits, size)
+    masks = unpack_masks(cxr.masks, bits, size)
     has_unet = (paths.models_dir(method) / "unet.pt").is_file()
     records = []
     for seed in cfg["transfer"]["seeds"]:

@@ -1,0 +1,39 @@
+"""Pure pieces of the stage modules: summaries, verdict sentences, paths."""
+
+import numpy as np
+import pandas as pd
+
+from eden_lib import paths
+from eden_lib.evaluation.statistics import compare_methods
+from eden_lib.pipeline.report import _sentence
+from eden_lib.pipeline.transfer import summarize
+
+
+def test_summary_keys_have_no_dots_and_ignore_nan_runs():
+    records = [
+        {"task": "t", "protocol": "linear_probe", "budget": "0.1", "seed": s, "metric": "auc", "value": v,
+         "per_class": {}}
+        for s, v in enumerate([0.6, 0.7, float("nan")])
+    ]
+    out = summarize(records)
+    cell = out["t"]["linear_probe"]["b_0p1"]
+    assert cell["n"] == 2
+    assert np.isclose(cell["mean"], 0.65) and np.isclose(cell["std"], np.std([0.6, 0.7], ddof=1))
+
+
+def test_verdicts_say_where_a_method_did_not_help():
+    rng = np.random.default_rng(0)
+    rows = [{"method": m, "seed": s, "value": base + rng.normal(0, 0.005)}
+            for m, base in (("scratch", 0.6), ("better", 0.8), ("same", 0.6)) for s in range(5)]
+    cmp = compare_methods(pd.DataFrame(rows), reference="scratch")
+    text = " ".join(_sentence(cmp, "scratch", "auc"))
+    assert "better was better than scratch by +0.2" in text
+    assert "same did not differ significantly from scratch" in text
+
+
+def test_paths_follow_eden_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDEN_ROOT", str(tmp_path))
+    assert paths.repo_root() == tmp_path.resolve()
+    assert paths.metrics_file("transfer", "scratch") == tmp_path.resolve() / "reports/metrics/transfer/scratch.json"
+    monkeypatch.delenv("EDEN_ROOT")
+    assert (paths.repo_root() / "params.yaml").is_file()
