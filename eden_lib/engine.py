@@ -4,7 +4,8 @@ It owns what methods should not: the device (CUDA if present, else CPU), bf16 au
 randomness, progress (a log file, never the executed notebook), per-epoch metrics, atomic checkpoints after every
 epoch, resume from the last one, a clear stop on a non-finite loss, and DistributedDataParallel when launched by
 ``torchrun``. A method is an ``nn.Module`` whose ``forward(batch, generator)`` returns ``{"loss": ..., **scalars}``
-and may define ``after_step()`` (momentum / EMA updates).
+and may define ``after_step()`` (momentum / EMA updates) and ``ddp_find_unused_parameters`` (True when some of
+its parameters take no part in the loss, e.g. a decoder kept only for export).
 
 Resume is exact on CPU: each epoch draws its randomness from a generator seeded by (seed, epoch), so a run killed
 after epoch k and resumed gives the same weights as one that never stopped.
@@ -121,7 +122,8 @@ def fit(
         optimizer: over ``model``'s parameters.
         cfg: the loop's settings.
         scheduler: stepped once per epoch.
-        steps_per_epoch: for the progress bar only.
+        steps_per_epoch: batches ``batches`` yields per epoch; under DDP each rank takes every world-th batch and
+            the remainder that would leave ranks with unequal step counts is dropped.
 
     Returns:
         One dict per epoch: ``epoch``, ``loss`` and every other scalar the method returned (epoch means), ``lr``,
@@ -152,9 +154,16 @@ def fit(
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        runner = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=getattr(model, "ddp_find_unused_parameters", False),
+        )
     autocast = device.type == "cuda" and cfg.amp
-    bar = _progress((cfg.epochs - start) * (steps_per_epoch or 0), cfg, desc=str(cfg.extra.get("name", "train")))
+    if world > 1 and not steps_per_epoch:
+        raise ValueError("distributed training needs steps_per_epoch (equal step counts on every rank)")
+    per_rank = (steps_per_epoch or 0) // world
+    bar = _progress((cfg.epochs - start) * per_rank, cfg, desc=str(cfg.extra.get("name", "train")))
     done = 0
     try:
         for epoch in range(start, cfg.epochs):
@@ -165,7 +174,10 @@ def fit(
             sums: dict[str, float] = {}
             n = 0
             t0 = time.perf_counter()
+            usable = (steps_per_epoch // world) * world if steps_per_epoch and world > 1 else None
             for step, batch in enumerate(batches(epoch, generator)):
+                if usable is not None and step >= usable:
+                    break
                 if step % world != rank:
                     continue
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -207,7 +219,7 @@ def fit(
                     },
                     last,
                 )
-            if cfg.verbose:
+            if cfg.verbose and rank == 0:
                 scalars = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
                 print(f"epoch {epoch + 1}/{cfg.epochs}: {scalars}")
             done += 1

@@ -130,3 +130,20 @@ def test_pretraining_killed_midway_resumes_from_its_last_checkpoint(smoke_repo, 
     for name, state in uninterrupted.items():
         resumed = torch.load(models / name, weights_only=True)["state_dict"]
         assert all(torch.equal(state[k], resumed[k]) for k in state), name
+
+
+def test_pretraining_runs_under_torchrun_with_ddp(smoke_repo):
+    import torch
+
+    name = "supervised"
+    shutil.rmtree(smoke_repo / "data" / "checkpoints" / name)
+    shutil.rmtree(smoke_repo / "data" / "models" / name)
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "eden_lib.pipeline.pretrain",
+           "--method", name]
+    result = _run(cmd, smoke_repo, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((smoke_repo / "reports" / "metrics" / "pretrain" / f"{name}.json").read_text())
+    for dims in ("2d", "3d"):
+        assert metrics[dims]["final_loss"] < metrics[dims]["first_loss"]
+    state = torch.load(smoke_repo / "data" / "models" / name / "encoder.pt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v.float()).all() for v in state.values())

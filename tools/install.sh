@@ -6,5 +6,7 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -c requirements-lock.txt -e ".[dev]"
+# (the filter drops the "Location ... is ignored" notes some machines' pip configuration prints per package)
+.venv/bin/python -m pip install -q --disable-pip-version-check -c requirements-lock.txt -e ".[dev]" \
+  2> >(grep -v "^WARNING: Location '.*' is ignored" >&2)
 echo "installed: $(.venv/bin/python -c 'import torch, monai; print("torch", torch.__version__, "monai", monai.__version__)')"

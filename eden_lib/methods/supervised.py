@@ -32,8 +32,9 @@ class Supervised(Method):
             self.encoder = networks.encoder_2d(ctx)
             self.head = networks.head(self.encoder.out_dim, ctx.n_labels)
         else:
-            self.unet3d = networks.unet_3d(ctx)
+            self.unet3d = networks.unet_3d(ctx)  # the decoder is exported untrained, so DDP must tolerate it
             self.head = networks.head(networks.feature_dim_3d(ctx), ctx.n_labels)
+            self.ddp_find_unused_parameters = True
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x) if self.ctx.spatial_dims == 2 else self.unet3d.pooled_features(x)

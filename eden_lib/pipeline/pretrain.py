@@ -74,7 +74,7 @@ def _batches(cfg: dict, method, dims: int, steps: int):
 def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None = None) -> dict:
     """Pretrain (or, for untrained methods, initialise) ``name`` in ``dims`` D and export its weights."""
     from eden_lib.checkpoints import save_weights
-    from eden_lib.engine import TrainConfig, fit
+    from eden_lib.engine import TrainConfig, distributed_context, fit
     from eden_lib.methods import build_method
     from eden_lib.seed import seed_everything
 
@@ -111,8 +111,9 @@ def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None
         if len(history) < epochs:
             return {"dims": dims, "complete": False, "history": history}
     out = paths.models_dir(name)
-    for export, module in method.exports().items():
-        save_weights(module.cpu(), out / f"{export}.pt", method=name, spatial_dims=dims, export=export)
+    if distributed_context()[0] == 0:  # one writer under torchrun
+        for export, module in method.exports().items():
+            save_weights(module.cpu(), out / f"{export}.pt", method=name, spatial_dims=dims, export=export)
     return {
         "dims": dims,
         "complete": True,
@@ -134,6 +135,10 @@ def run_pretrain(cfg: dict, name: str, stop_after_epochs: int | None = None) -> 
     results = [pretrain_dims(cfg, name, d, stop_after_epochs) for d in dims_list]
     if not all(r["complete"] for r in results):
         raise SystemExit(f"pretraining of {name} stopped early on request; rerun to resume")
+    from eden_lib.engine import distributed_context
+
+    if distributed_context()[0] != 0:
+        return pd.DataFrame()
     curve = pd.DataFrame(
         [{"dims": f"{r['dims']}d", **row} for r in results for row in r["history"]],
         columns=["dims", "epoch", "loss", "lr", "seconds"],
@@ -169,7 +174,13 @@ def main(argv: list[str] | None = None) -> None:
 
         dist.init_process_group("nccl" if os.environ.get("EDEN_DDP_BACKEND") == "nccl" else "gloo")
     cfg = load_params(profile=args.profile)
-    run_pretrain(cfg, args.method, stop_after_epochs=args.stop_after_epochs)
+    try:
+        run_pretrain(cfg, args.method, stop_after_epochs=args.stop_after_epochs)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
