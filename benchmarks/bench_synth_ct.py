@@ -23,6 +23,8 @@ from eden_lib.data.subvolumes import cube_tissue_scores, hu_to_unit, sample_subv
 from eden_lib.data.synth_ct import SynthCTConfig, generate_synth_ct, synth_ct_scan
 from eden_lib.paths import reports_dir
 
+from subvolume_reference import official_loop_score  # noqa: E402 (benchmarks/ is on sys.path when run)
+
 
 def loop_scores(volume01: np.ndarray, corners: np.ndarray, crop, threshold: float = 0.425) -> np.ndarray:
     """Reference: one candidate at a time, numpy inside each window (slices d and d + 1, official len_depth = 3)."""
@@ -31,23 +33,6 @@ def loop_scores(volume01: np.ndarray, corners: np.ndarray, crop, threshold: floa
         w = volume01[x:x + crop[0], y:y + crop[1], z:z + crop[2] + 1] >= threshold
         out[m] = w[..., :-1].sum() + 0.5 * (~w[..., :-1] & w[..., 1:]).sum()
     return out
-
-
-def official_loop_score(volume01: np.ndarray, corner, crop, threshold: float = 0.425, len_depth: int = 3) -> float:
-    """The official pure-Python per-voxel loop (``infinite_generator_3D.py``), for its cost per candidate."""
-    x0, y0, z0 = corner
-    window = volume01[x0:x0 + crop[0], y0:y0 + crop[1], z0:z0 + crop[2] + len_depth]
-    total = 0.0
-    for d in range(crop[2]):
-        for i in range(crop[0]):
-            for j in range(crop[1]):
-                k_hit = len_depth - 1
-                for k in range(len_depth):
-                    if window[i, j, d + k] >= threshold:
-                        k_hit = k
-                        break
-                total += 1.0 - k_hit / (len_depth - 1)
-    return total
 
 
 def scoring_speed(volume: np.ndarray, crop, border_xy: int, border_z: int, n: int = 1600) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +88,60 @@ def load_weights(module: nn.Module, path: str | Path) -> dict:
         raise CheckpointError(f"{path} has no 'state_dict' entry; keys: {sorted(ckpt)}")
     load_state_dict_strict(module, ckpt["state_dict"], str(path))
     return dict(ckpt.get("info", {}))
+
+
+def _strip(prefix: str) -> Callable[[str], str | None]:
+    return lambda key: key[len(prefix):] if key.startswith(prefix) else key
+
+
+#: checkpoint layout -> key mapping into our module names (``None`` drops a key). Extended method by method.
+KEY_MAPS: dict[str, Callable[[str], str | None]] = {
+    "eden": lambda key: key,
+    # Models Genesis / TransVW / Semantic Genesis PyTorch releases: {"state_dict": {"module.down_tr64...": ...}}
+    # (saved from nn.DataParallel); the names below "module." are those of eden_lib.models.unet3d.UNet3D.
+    "models_genesis": _strip("module."),
+}
+
+
+def detect_source(ckpt: Mapping[str, Any]) -> str:
+    """The layout of a checkpoint read by :func:`load_checkpoint` (a key of :data:`KEY_MAPS`)."""
+    if "info" in ckpt and "state_dict" in ckpt:
+        return "eden"
+    state = ckpt.get("state_dict", ckpt)
+    keys = [k for k in state if isinstance(k, str)]
+    if keys and all(k.startswith("module.") for k in keys) and any(k.startswith("module.down_tr64.") for k in keys):
+        return "models_genesis"
+    raise CheckpointError(
+        f"unrecognised checkpoint layout (top-level keys {sorted(ckpt)[:8]}, first weights {keys[:3]}); "
+        f"pass source= one of {sorted(KEY_MAPS)}"
+    )
+
+
+def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") -> dict:
+    """Load a released or Eden checkpoint into ``model`` strictly, mapping its key layout.
+
+    Args:
+        path: the checkpoint file (read with ``weights_only=True``; never unpickles code).
+        model: the module whose ``state_dict`` names the checkpoint must fill exactly.
+        source: a key of :data:`KEY_MAPS`, or ``"auto"`` to detect it.
+
+    Returns:
+        ``{"source": ..., "keys": n}``.
+
+    Raises:
+        CheckpointError: unknown layout, or missing / unexpected / mis-shaped keys (named).
+    """
+    ckpt = load_checkpoint(path)
+    if source == "auto":
+        source = detect_source(ckpt)
+    if source not in KEY_MAPS:
+        raise CheckpointError(f"unknown checkpoint source {source!r}; known: {sorted(KEY_MAPS)}")
+    state = ckpt.get("state_dict", ckpt)
+    mapping = KEY_MAPS[source]
+    mapped = {}
+    for key, value in state.items():
+        new = mapping(key)
+        if new is not None:
+            mapped[new] = value
+    load_state_dict_strict(model, mapped, f"{path} ({source} layout)")
+    return {"source": source, "keys": len(mapped)}

@@ -46,3 +46,32 @@ def test_unsafe_or_missing_files_are_refused(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_official_models_genesis_layout_loads_strictly(tmp_path):
+    from eden_lib.checkpoints import load_pretrained
+    from eden_lib.models.unet3d import UNet3D, YNet3D
+
+    torch.manual_seed(0)
+    released = UNet3D(base_width=4)
+    # the released Genesis_Chest_CT.pt: a dict with "state_dict", keys prefixed "module." (nn.DataParallel)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in released.state_dict().items()}}, tmp_path / "g.pt")
+    ours = UNet3D(base_width=4)
+    info = load_pretrained(tmp_path / "g.pt", ours)
+    assert info == {"source": "models_genesis", "keys": len(released.state_dict())}
+    assert all(torch.equal(a, b) for a, b in zip(released.state_dict().values(), ours.state_dict().values()))
+    # a TransVW / Semantic Genesis YNet3D checkpoint has the classification head too: named, never dropped silently
+    ynet = YNet3D(base_width=4, n_classes=3)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ynet.state_dict().items()}}, tmp_path / "y.pt")
+    with pytest.raises(CheckpointError, match=r"unexpected keys .*clc_out\."):
+        load_pretrained(tmp_path / "y.pt", UNet3D(base_width=4))
+    with pytest.raises(CheckpointError, match=r"shape mismatches"):
+        load_pretrained(tmp_path / "g.pt", UNet3D(base_width=8))
+
+
+def test_unknown_layout_is_named(tmp_path):
+    from eden_lib.checkpoints import load_pretrained
+
+    torch.save({"model": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match=r"unrecognised checkpoint layout .*'model'"):
+        load_pretrained(tmp_path / "x.pt", nn.Linear(2, 2))

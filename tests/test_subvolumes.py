@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -18,21 +21,16 @@ CROP = (5, 4, 3)
 BORDERS = {"border_xy": 2, "border_z": 1}
 
 
-def reference_score(volume: np.ndarray, corner, crop, threshold: float = 0.425, len_depth: int = 3) -> float:
-    """The official per-voxel loop: score 1 - k / (len_depth - 1) at the first slice d + k >= threshold."""
-    x0, y0, z0 = corner
-    window = volume[x0:x0 + crop[0], y0:y0 + crop[1], z0:z0 + crop[2] + len_depth]
-    total = 0.0
-    for d in range(crop[2]):
-        for i in range(crop[0]):
-            for j in range(crop[1]):
-                k_hit = len_depth - 1
-                for k in range(len_depth):
-                    if window[i, j, d + k] >= threshold:
-                        k_hit = k
-                        break
-                total += 1.0 - k_hit / (len_depth - 1)
-    return total
+def _load_reference():
+    spec = importlib.util.spec_from_file_location(
+        "subvolume_reference", Path(__file__).resolve().parent.parent / "benchmarks" / "subvolume_reference.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.official_loop_score
+
+
+reference_score = _load_reference()
 
 
 @pytest.fixture()
