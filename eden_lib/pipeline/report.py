@@ -54,12 +54,19 @@ def _sentence(cmp: pd.DataFrame, reference: str, metric: str) -> list[str]:
     return lines
 
 
-def summary_section(cfg: dict, runs: pd.DataFrame) -> list[str]:
+def reference_comparisons(cfg: dict, runs: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame, pd.DataFrame]]:
+    """Per task x protocol x budget: (key, its runs, :func:`compare_methods` against ``report.reference``)."""
+    reference = cfg["report"]["reference"]
+    return [(key, g, compare_methods(g, reference=reference))
+            for key, g in runs.groupby(["task", "protocol", "budget"], sort=True)]
+
+
+def summary_section(cfg: dict, comparisons: list) -> list[str]:
     """One row per task x protocol x budget: each method's mean (stars: Holm-corrected difference to the reference)."""
     reference = cfg["report"]["reference"]
     rows = []
-    for (task, protocol, budget), g in runs.groupby(["task", "protocol", "budget"], sort=True):
-        cmp = compare_methods(g, reference=reference).set_index("method")
+    for (task, protocol, budget), g, cmp in comparisons:
+        cmp = cmp.set_index("method")
         row = {"task": task, "protocol": protocol, "budget": budget, "metric": g["metric"].iloc[0]}
         for method in cfg["active_methods"]:
             if method in cmp.index:
@@ -72,13 +79,12 @@ def summary_section(cfg: dict, runs: pd.DataFrame) -> list[str]:
             markdown_table(pd.DataFrame(rows)), ""]
 
 
-def transfer_section(cfg: dict, runs: pd.DataFrame) -> list[str]:
+def transfer_section(cfg: dict, comparisons: list) -> list[str]:
     reference = cfg["report"]["reference"]
     out = ["## Transfer", ""]
-    for (task, protocol, budget), g in runs.groupby(["task", "protocol", "budget"], sort=True):
+    for (task, protocol, budget), g, cmp in comparisons:
         metric = g["metric"].iloc[0]
         out += [f"### {task} · {protocol} · budget {budget} ({metric}, mean over classes)", ""]
-        cmp = compare_methods(g, reference=reference)
         out += [markdown_table(format_comparison_table(cmp)), ""]
         others = [m for m in g["method"].unique() if m != reference]
         if len(others) > 1:
@@ -151,11 +157,11 @@ def timing_section() -> list[str]:
 
 def build_report(cfg: dict) -> str:
     """Write ``reports/REPORT.md`` and return its text."""
-    runs = transfer_runs(cfg)
+    comparisons = reference_comparisons(cfg, transfer_runs(cfg))
     lines = [f"# Eden study report (profile `{cfg['profile']}`)", "", CAVEATS, ""]
-    lines += summary_section(cfg, runs)
+    lines += summary_section(cfg, comparisons)
     lines += pretrain_section(cfg)
-    lines += transfer_section(cfg, runs)
+    lines += transfer_section(cfg, comparisons)
     lines += ["![transfer](figures/report/transfer.png)", ""]
     lines += embedding_section(cfg)
     lines += bias_section(cfg)
