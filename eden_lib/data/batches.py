@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from eden_lib.engine import BatchFactory
+from eden_lib.transforms.views import random_resized_crop
 
 
 def to_unit(images: np.ndarray) -> torch.Tensor:
@@ -27,21 +28,6 @@ def resize_2d(images: np.ndarray, size: int, chunk: int = 512) -> torch.Tensor:
         for i in range(0, len(images), chunk)
     ]
     return torch.cat(out) if out else torch.empty(0, 1, size, size)
-
-
-def random_resized_crop(
-    x: torch.Tensor, size: int, generator: torch.Generator, scale: tuple[float, float] = (0.6, 1.0)
-) -> torch.Tensor:
-    """(B, C, R, R) -> (B, C, size, size): a random square crop of ``scale`` x R per sample, bilinear."""
-    b = x.shape[0]
-    s = scale[0] + (scale[1] - scale[0]) * torch.rand(b, generator=generator)
-    shift = (1 - s)[:, None] * (2 * torch.rand(b, 2, generator=generator) - 1)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0] = s
-    theta[:, 1, 1] = s
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def _permuted_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[np.ndarray]:
@@ -66,6 +52,22 @@ def cxr_batches(
             rows = indices[idx]
             yield {
                 "image": random_resized_crop(to_unit(images[rows]), size, generator),
+                "label": torch.from_numpy(np.asarray(labels[rows], dtype=np.float32)),
+            }
+
+    return factory
+
+
+def render_batches(
+    images: np.ndarray, labels: np.ndarray, indices: np.ndarray, batch_size: int, steps: int
+) -> BatchFactory:
+    """Whole training renders ``image`` (B, 1, R, R) in [0, 1] with labels: methods that draw their own views."""
+
+    def factory(epoch: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        for idx in _permuted_batches(len(indices), batch_size, steps, generator):
+            rows = indices[idx]
+            yield {
+                "image": to_unit(images[rows]),
                 "label": torch.from_numpy(np.asarray(labels[rows], dtype=np.float32)),
             }
 

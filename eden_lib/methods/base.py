@@ -31,6 +31,8 @@ class BuildContext:
         unet2d_decoder: five decoder widths of the 2D U-Net.
         unet3d_width: base width of the Models Genesis UNet3D (paper 32).
         n_labels: supervised targets per sample (findings for 2D, 1 for 3D candidates).
+        image_size: the 2D training resolution (``data.image_size``); methods reading ``cxr_renders`` crop their
+            views from the full render and resample them to this size.
     """
 
     spatial_dims: int
@@ -38,6 +40,7 @@ class BuildContext:
     unet2d_decoder: tuple[int, ...]
     unet3d_width: int
     n_labels: int
+    image_size: int = 64
 
 
 @dataclass(frozen=True)
@@ -86,10 +89,12 @@ class Method(nn.Module):
     name: ClassVar[str]
     config_cls: ClassVar[type] = MethodConfig
     trains: ClassVar[bool] = True
-    #: prepared data each spatial_dims reads: "cxr_images", "ct_subvolumes" or "ct_candidates"
+    #: prepared data each spatial_dims reads: "cxr_images" (training-size crops), "cxr_renders" (whole renders, the
+    #: method draws its views), "ct_subvolumes" or "ct_candidates"
     data: ClassVar[Mapping[int, str]] = {}
-    #: encoder passes per sample and step (2 for two-view methods), for the shared pretraining budget
-    views: ClassVar[int] = 1
+    #: encoder passes per sample and step (2 for two-view methods; a 32-pixel local crop counts 1/4), for the shared
+    #: pretraining budget
+    views: ClassVar[float] = 1
 
     def __init__(self, cfg: Any, ctx: BuildContext) -> None:
         super().__init__()

@@ -41,6 +41,7 @@ def build_context(cfg: dict, dims: int, n_labels: int):
         unet2d_decoder=tuple(p["unet2d_decoder"]),
         unet3d_width=p["unet3d_width"],
         n_labels=n_labels,
+        image_size=cfg["data"]["image_size"],
     )
 
 
@@ -61,6 +62,9 @@ def _batches(cfg: dict, method, dims: int, steps: int):
         cxr = prepared.load_cxr()
         train = cxr.split_indices("train")
         return batches.cxr_batches(cxr.images, cxr.labels, train, bs, steps, cfg["data"]["image_size"])
+    if kind == "cxr_renders":
+        cxr = prepared.load_cxr()
+        return batches.render_batches(cxr.images, cxr.labels, cxr.split_indices("train"), bs, steps)
     ct = prepared.load_ct()
     if kind == "ct_subvolumes":
         return batches.volume_batches(ct.subvolumes, None, np.arange(len(ct.subvolumes)), bs, steps)
