@@ -90,43 +90,152 @@ def load_weights(module: nn.Module, path: str | Path) -> dict:
     return dict(ckpt.get("info", {}))
 
 
-def _strip(prefix: str) -> Callable[[str], str | None]:
-    return lambda key: key[len(prefix):] if key.startswith(prefix) else key
+#: a key map: (checkpoint key, the target model's key set) -> our key, or ``None`` to drop the key explicitly.
+#: A key it leaves unchanged that the model lacks is reported as unexpected by the strict load.
+KeyMap = Callable[[str, frozenset[str]], str | None]
+
+#: MoCo-style wrapper entries that are never part of an encoder: the momentum (key) network and the queue
+_MOCO_KEY_NETWORK = "module.encoder_k."
+_MOCO_QUEUE = frozenset({"module.queue", "module.queue_ptr"})
+_MOCO_PROJECTOR = "module.encoder_q.fc."
+
+#: the ResNet stem convolution under our names (bare encoder, U-Net): the only weights converted from RGB to grey
+RGB_INPUT_CONVS = frozenset({"conv1.weight", "encoder.conv1.weight"})
 
 
-#: checkpoint layout -> key mapping into our module names (``None`` drops a key). Extended method by method.
-KEY_MAPS: dict[str, Callable[[str], str | None]] = {
-    "eden": lambda key: key,
+def _identity(key: str, target: frozenset[str]) -> str | None:
+    return key
+
+
+def _strip_module(key: str, target: frozenset[str]) -> str | None:
+    return key.removeprefix("module.")
+
+
+def _torchvision(key: str, target: frozenset[str]) -> str | None:
+    """torchvision ResNet names are ours; the classifier ``fc.*`` (or an MLP ``fc.0`` / ``fc.2``) is dropped."""
+    return None if key.startswith("fc.") else key
+
+
+def _moco_extra(key: str) -> bool:
+    return key.startswith((_MOCO_KEY_NETWORK, _MOCO_PROJECTOR)) or key in _MOCO_QUEUE
+
+
+def _moco(key: str, target: frozenset[str]) -> str | None:
+    """``module.encoder_q.<torchvision name>`` -> the name; projector, key network and queue dropped."""
+    return None if _moco_extra(key) else key.removeprefix("module.encoder_q.")
+
+
+def _smp_unet(key: str, target: frozenset[str]) -> str | None:
+    """smp U-Net names are those of :class:`~eden_lib.models.unet2d.ResNetUNet`; into a bare encoder only
+    ``encoder.*`` is kept (``decoder.*`` and ``segmentation_head.*`` dropped)."""
+    if any(k.startswith("encoder.") for k in target):
+        return key
+    return None if key.startswith(("decoder.", "segmentation_head.")) else key.removeprefix("encoder.")
+
+
+def _dira_moco_wrapper(key: str, target: frozenset[str]) -> str | None:
+    """DiRA's ``checkpoint.pth``: the query U-Net ``module.encoder_q.backbone.*`` as :func:`_smp_unet` maps it;
+    the projector, the key U-Net and the queue are dropped."""
+    return None if _moco_extra(key) else _smp_unet(key.removeprefix("module.encoder_q.backbone."), target)
+
+
+#: checkpoint layout -> key map into our module names. Extended method by method.
+KEY_MAPS: dict[str, KeyMap] = {
+    "eden": _identity,
     # Models Genesis / TransVW / Semantic Genesis PyTorch releases: {"state_dict": {"module.down_tr64...": ...}}
     # (saved from nn.DataParallel); the names below "module." are those of eden_lib.models.unet3d.UNet3D.
-    "models_genesis": _strip("module."),
+    "models_genesis": _strip_module,
+    # a plain torchvision ResNet state dict (ImageNet weights, BTL's converted files, DiRA's mode-`di` resnet50.pth)
+    "torchvision": _torchvision,
+    # MoCo v1/v2 releases and their kin: {"state_dict": {"module.encoder_q.conv1.weight", ...}}
+    "moco": _moco,
+    # DiRA / CAiD best_checkpoint.pth and unet.pth: a raw smp 0.1.3 Unet('resnet50') state dict
+    "dira_unet": _smp_unet,
+    # DiRA's full checkpoint.pth: {"epoch", "arch", "state_dict": the DDP MoCo wrapper, "optimizer", "best_loss"}
+    "dira_moco_wrapper": _dira_moco_wrapper,
+    # DiRA's D_checkpoint.pth: {"state_dict": {"module.model.{0,2,5,8,11}.*"}} -> PatchDiscriminator
+    "dira_discriminator": _strip_module,
 }
+
+#: (source, test on the weight names) in the order tried: the more specific layouts first
+_DETECTORS: tuple[tuple[str, Callable[[list[str]], bool]], ...] = (
+    (
+        "models_genesis",
+        lambda ks: all(k.startswith("module.") for k in ks) and any(k.startswith("module.down_tr64.") for k in ks),
+    ),
+    ("dira_discriminator", lambda ks: all(k.startswith("module.model.") for k in ks)),
+    ("dira_moco_wrapper", lambda ks: any(k.startswith("module.encoder_q.backbone.") for k in ks)),
+    ("moco", lambda ks: "module.encoder_q.conv1.weight" in ks),
+    ("dira_unet", lambda ks: "encoder.conv1.weight" in ks and any(k.startswith("decoder.blocks.") for k in ks)),
+    ("torchvision", lambda ks: "conv1.weight" in ks and "layer1.0.conv1.weight" in ks),
+)
 
 
 def detect_source(ckpt: Mapping[str, Any]) -> str:
-    """The layout of a checkpoint read by :func:`load_checkpoint` (a key of :data:`KEY_MAPS`)."""
+    """The layout of a checkpoint read by :func:`load_checkpoint` (a key of :data:`KEY_MAPS`).
+
+    ``eden``: top-level ``info`` and ``state_dict``. Otherwise the weights (``state_dict`` if present, else the
+    dict itself) decide: ``models_genesis``: all ``module.``, some ``module.down_tr64.``; ``dira_discriminator``:
+    all ``module.model.``; ``dira_moco_wrapper``: some ``module.encoder_q.backbone.``; ``moco``:
+    ``module.encoder_q.conv1.weight``; ``dira_unet``: ``encoder.conv1.weight`` and ``decoder.blocks.*``;
+    ``torchvision``: ``conv1.weight`` and ``layer1.0.conv1.weight``.
+    """
     if "info" in ckpt and "state_dict" in ckpt:
         return "eden"
     state = ckpt.get("state_dict", ckpt)
-    keys = [k for k in state if isinstance(k, str)]
-    if keys and all(k.startswith("module.") for k in keys) and any(k.startswith("module.down_tr64.") for k in keys):
-        return "models_genesis"
+    keys = [k for k in state if isinstance(k, str)] if isinstance(state, Mapping) else []
+    for source, matches in _DETECTORS:
+        if keys and matches(keys):
+            return source
     raise CheckpointError(
         f"unrecognised checkpoint layout (top-level keys {sorted(ckpt)[:8]}, first weights {keys[:3]}); "
         f"pass source= one of {sorted(KEY_MAPS)}"
     )
 
 
+def rgb_to_gray(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> list[str]:
+    """In place: sum the RGB filters of the stem convolution where the model takes one channel; returns the keys.
+
+    On a grey image the summed filter gives exactly what the RGB filter gives on that image replicated to three
+    channels (how RGB-pretrained weights are fine-tuned on radiographs). Only :data:`RGB_INPUT_CONVS` are touched.
+    """
+    converted = []
+    for key in sorted(RGB_INPUT_CONVS & set(state) & set(own)):
+        weight, target = state[key], own[key]
+        if weight.ndim == 4 and weight.shape[1] == 3 and target.shape[1] == 1 and weight.shape[2:] == target.shape[2:]:
+            state[key] = weight.sum(dim=1, keepdim=True)
+            converted.append(key)
+    return converted
+
+
+def fill_batch_counters(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> list[str]:
+    """In place: zero ``num_batches_tracked`` buffers when the checkpoint has none at all; returns the keys.
+
+    Files saved before PyTorch 0.4.1 (e.g. torchvision's ``resnet50-19c8e357.pth``) predate the counter, and
+    PyTorch's own strict load fills it with 0 the same way. A checkpoint that has some counters and lacks others is
+    left alone (and refused by the strict load).
+    """
+    if any(k.endswith(".num_batches_tracked") for k in state):
+        return []
+    filled = sorted(k for k in own if k.endswith(".num_batches_tracked"))
+    for key in filled:
+        state[key] = torch.zeros_like(own[key])
+    return filled
+
+
 def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") -> dict:
     """Load a released or Eden checkpoint into ``model`` strictly, mapping its key layout.
+
+    After the key map (:data:`KEY_MAPS`), RGB stem weights are summed to one channel for a one-channel model
+    (:func:`rgb_to_gray`) and absent pre-0.4.1 batch counters are zeroed (:func:`fill_batch_counters`).
 
     Args:
         path: the checkpoint file (read with ``weights_only=True``; never unpickles code).
         model: the module whose ``state_dict`` names the checkpoint must fill exactly.
-        source: a key of :data:`KEY_MAPS`, or ``"auto"`` to detect it.
+        source: a key of :data:`KEY_MAPS`, or ``"auto"`` to detect it (:func:`detect_source`).
 
     Returns:
-        ``{"source": ..., "keys": n}``.
+        ``{"source": ..., "keys": n loaded from the file, "converted": [rgb_to_gray keys], "filled": [counters]}``.
 
     Raises:
         CheckpointError: unknown layout, or missing / unexpected / mis-shaped keys (named).
@@ -137,11 +246,15 @@ def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") ->
     if source not in KEY_MAPS:
         raise CheckpointError(f"unknown checkpoint source {source!r}; known: {sorted(KEY_MAPS)}")
     state = ckpt.get("state_dict", ckpt)
-    mapping = KEY_MAPS[source]
+    own = model.state_dict()
+    mapping, target = KEY_MAPS[source], frozenset(own)
     mapped = {}
     for key, value in state.items():
-        new = mapping(key)
+        new = mapping(key, target)
         if new is not None:
             mapped[new] = value
+    n_loaded = len(mapped)
+    converted = rgb_to_gray(mapped, own)
+    filled = fill_batch_counters(mapped, own)
     load_state_dict_strict(model, mapped, f"{path} ({source} layout)")
-    return {"source": source, "keys": len(mapped)}
+    return {"source": source, "keys": n_loaded, "converted": converted, "filled": filled}

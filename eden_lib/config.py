@@ -50,7 +50,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.image_size": (lambda v: _positive_int(v) and v % 32 == 0, "a positive multiple of 32"),
     "data.cxr.n_patients": (_positive_int, "a positive integer"),
     "data.cxr.render_size": (lambda v: _positive_int(v) and v >= 64, "an integer >= 64"),
-    "data.cxr.sex_effect": (lambda v: isinstance(v, (int, float)) and 0 <= v <= 1, "a number in [0, 1]"),
+    "data.cxr.sex_effect": (lambda v: isinstance(v, (int, float)) and 0 <= v <= 3, "a number in [0, 3]"),
     "data.cxr.test_fraction": (_fraction, "a fraction in (0, 1]"),
     "data.cxr.val_fraction": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a fraction in [0, 1)"),
     "data.ct.n_scans": (lambda v: _positive_int(v) and v >= 10, "an integer >= 10 (one per LUNA16 subset at least)"),

@@ -4,7 +4,8 @@ It owns what methods should not: the device (CUDA if present, else CPU), bf16 au
 randomness, progress (a log file, never the executed notebook), per-epoch metrics, atomic checkpoints after every
 epoch, resume from the last one, a clear stop on a non-finite loss, and DistributedDataParallel when launched by
 ``torchrun``. A method is an ``nn.Module`` whose ``forward(batch, generator)`` returns ``{"loss": ..., **scalars}``
-and may define ``after_step()`` (momentum / EMA updates) and ``ddp_find_unused_parameters`` (True when some of
+and may define ``after_step()`` (momentum / EMA updates), ``auxiliary_optimizers()`` (optimisers it steps itself,
+e.g. a GAN discriminator's; checkpointed with the main one) and ``ddp_find_unused_parameters`` (True when some of
 its parameters take no part in the loss, e.g. a decoder kept only for export).
 
 Resume is exact on CPU: each epoch draws its randomness from a generator seeded by (seed, epoch), so a run killed
@@ -102,6 +103,10 @@ def _progress(total: int, cfg: TrainConfig, desc: str) -> Any:
     return tqdm(total=total, desc=desc, disable=not sys.stderr.isatty())
 
 
+def _auxiliary_optimizers(model: nn.Module) -> dict[str, torch.optim.Optimizer]:
+    return model.auxiliary_optimizers() if hasattr(model, "auxiliary_optimizers") else {}
+
+
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -143,6 +148,8 @@ def fit(
         if state.get("fingerprint") == cfg.fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            for name, aux in _auxiliary_optimizers(model).items():
+                aux.load_state_dict(state["auxiliary_optimizers"][name])
             if scheduler is not None and state.get("scheduler") is not None:
                 scheduler.load_state_dict(state["scheduler"])
             history = json.loads(state["history"])
@@ -212,6 +219,7 @@ def fit(
                     {
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
+                        "auxiliary_optimizers": {k: o.state_dict() for k, o in _auxiliary_optimizers(model).items()},
                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
                         "epoch": epoch,
                         "history": json.dumps(history),

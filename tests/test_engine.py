@@ -82,3 +82,44 @@ def test_same_seed_same_numbers_on_cpu(tmp_path):
     a, ha = _run(tmp_path / "a")
     b, hb = _run(tmp_path / "b")
     assert [h["loss"] for h in ha] == [h["loss"] for h in hb]
+
+
+class WithAuxiliaryOptimizer(TinyRegression):
+    """Also trains a second layer with its own Adam in ``after_step`` (like DiRA's discriminator)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux = nn.Linear(4, 1)
+        self.aux_optimizer = torch.optim.Adam(self.aux.parameters(), lr=0.05)
+        self.last_x = None
+
+    def forward(self, batch, generator):
+        self.last_x = batch["x"]
+        return super().forward(batch, generator)
+
+    def after_step(self):
+        super().after_step()
+        self.aux_optimizer.zero_grad()
+        ((self.aux(self.last_x) - 1) ** 2).mean().backward()
+        self.aux_optimizer.step()
+
+    def auxiliary_optimizers(self):
+        return {"aux": self.aux_optimizer}
+
+
+def _run_aux(path, **kw):
+    torch.manual_seed(0)
+    model = WithAuxiliaryOptimizer()
+    opt = torch.optim.SGD(model.lin.parameters(), lr=0.05)
+    fit(model, batches, opt, TrainConfig(epochs=4, checkpoint_dir=path, seed=3, device="cpu", **kw))
+    return model
+
+
+def test_auxiliary_optimizer_state_is_checkpointed_and_resumed(tmp_path):
+    full = _run_aux(tmp_path / "full")
+    _run_aux(tmp_path / "split", stop_after_epochs=2)
+    saved = torch.load(tmp_path / "split" / "last.pt", weights_only=True)["auxiliary_optimizers"]["aux"]
+    assert saved["state"][0]["step"] == 10
+    resumed = _run_aux(tmp_path / "split")  # Adam restarted from empty moments would end elsewhere
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)

@@ -2,10 +2,7 @@
 
 Each subject has its own anatomy (:mod:`eden_lib.data.synth_cxr_anatomy`), shaped by sex and age; each image adds
 a pose (rotation, scale, shift), a depth of inspiration, findings and the acquisition of its site (exposure curve,
-blur, noise, polarity). Findings sit where they sit on real films: effusion blunts the costophrenic angle with a
-meniscus, pneumothorax retracts the lung edge from the chest wall and leaves no markings beyond the pleural line,
-cardiomegaly is a cardiothoracic ratio (CTR) above 0.5, consolidation and atelectasis are zonal opacities mostly in
-the lower zones (atelectasis with volume loss), a nodule is a small round opacity, a mass a larger lobulated one.
+blur, noise, polarity). Findings (:mod:`eden_lib.data.synth_cxr_findings`) sit where they sit on real films.
 
 ``sex_effect`` is the one knob of every sex difference: body size, bone density, breast shadows over the lower
 zones, a higher CTR in women (hence more cardiomegaly), more pneumothorax in men and the sex mix of each site.
@@ -27,18 +24,20 @@ from scipy.ndimage import zoom
 from scipy.stats import norm
 
 from eden_lib.data.synth_cxr_anatomy import (
-    COSTOPHRENIC_DROP,
     LANDMARKS,
-    LEFT,
     MASKS,
     N_VESSEL_BINS,
-    RIGHT,
     Anatomy,
-    col,
     landmarks,
-    lung_edges,
-    ramp,
     render_anatomy,
+)
+from eden_lib.data.synth_cxr_findings import (
+    CTR_THRESHOLD,
+    FINDINGS,
+    Lesions,
+    draw_findings,
+    place_lesions,
+    sample_findings,
 )
 from eden_lib.seed import rng
 
@@ -53,10 +52,6 @@ __all__ = [
     "generate_synth_cxr",
 ]
 
-FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Pneumothorax", "Consolidation", "Nodule", "Mass")
-"""Modelled findings, spelled as the NIH ChestX-ray14 labels; ``labels[:, k]`` is ``FINDINGS[k]``."""
-
-CTR_THRESHOLD = 0.5  # cardiomegaly: cardiothoracic ratio above this
 CTR_MEAN, CTR_SD = 0.445, 0.045
 CHUNK = 16  # images rendered at once; fixed so that a seed gives the same images whatever N is
 
@@ -135,7 +130,7 @@ class SynthCXRConfig:
         n_patients: number of subjects.
         images_per_patient: follow-up images per subject; they share the anatomy, not the pose or acute findings.
         size: image side in pixels.
-        sex_effect: scale of every sex difference (0: none; 1: the default study; up to 3).
+        sex_effect: scale of every sex difference (0: none; the study uses 2; up to 3).
         prevalence: multiplies every site's finding prevalence.
         sites: names of the ``SITES`` patients are drawn from, uniformly.
         label_noise: probability that a finding label is flipped (text-mined labels are noisy).
@@ -184,39 +179,6 @@ class SynthCXR:
 
     def __len__(self) -> int:
         return len(self.images)
-
-
-@dataclass
-class Lesions:
-    """Geometry of the findings of ``B`` images, float32 ``(B,)`` each; a zero size or density means absent."""
-
-    eff_r: np.ndarray  # effusion height above the costophrenic angle
-    eff_l: np.ndarray
-    ptx_r: np.ndarray  # pneumothorax: gap between chest wall and visceral pleura
-    ptx_l: np.ndarray
-    cons_side: np.ndarray
-    cons_u: np.ndarray
-    cons_v: np.ndarray
-    cons_r: np.ndarray
-    cons_d: np.ndarray
-    atel_side: np.ndarray
-    atel_u: np.ndarray
-    atel_v: np.ndarray
-    atel_len: np.ndarray
-    atel_h: np.ndarray
-    atel_tilt: np.ndarray
-    atel_d: np.ndarray
-    nod_u: np.ndarray
-    nod_v: np.ndarray
-    nod_r: np.ndarray
-    nod_d: np.ndarray
-    mass_u: np.ndarray
-    mass_v: np.ndarray
-    mass_r: np.ndarray
-    mass_d: np.ndarray
-
-    def take(self, idx: np.ndarray | slice) -> "Lesions":
-        return Lesions(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
 
 @dataclass
@@ -297,7 +259,7 @@ def sample_params(cfg: SynthCXRConfig, seed: int) -> SynthParams:
         clav_rise=0.22 + g.normal(0, 0.02, n_p),
         knob_v=-0.42 + g.normal(0, 0.02, n_p),
         bone=np.clip((1 + 0.06 * se * sexsign_p) * (1 - 0.005 * (age_p - 45)), 0.6, 1.3),
-        breast=female_p * se * g.uniform(0.4, 1.0, n_p),
+        breast=female_p * se * g.uniform(0.5, 1.2, n_p),
         bubble=(g.random(n_p) < 0.8) * g.uniform(0.5, 1.3, n_p),
     )
     patient["carina_v"] = patient["knob_v"] + 0.12 + g.normal(0, 0.015, n_p)
@@ -317,11 +279,11 @@ def sample_params(cfg: SynthCXRConfig, seed: int) -> SynthParams:
     params["dia_l"] = params["dia_l"] - inspiration
     params["clav_v"] = params["clav_v"] - 0.05 * view_ap
 
-    labels, lesions, elevation = _sample_findings(cfg, seed, sites, site_p, pid, age_p, sexsign_p, params)
+    labels, lesions, elevation = sample_findings(cfg, seed, sites, site_p, pid, age_p, sexsign_p, params)
     params["dia_r"] = params["dia_r"] - elevation[:, 0]
     params["dia_l"] = params["dia_l"] - elevation[:, 1]
     anatomy = Anatomy(**{key: _f32(val) for key, val in params.items()})
-    lesions = _place_lesions(anatomy, lesions)
+    lesions = place_lesions(anatomy, lesions)
 
     window = per_image("window")
     acq = Acquisition(
@@ -350,78 +312,6 @@ def sample_params(cfg: SynthCXRConfig, seed: int) -> SynthParams:
         }
     )
     return SynthParams(anatomy, lesions, acq, labels, meta)
-
-
-def _sample_findings(cfg, seed, sites, site_p, pid, age_p, sexsign_p, params):
-    """Labels ``(N, K)`` uint8, unplaced lesion parameters and hemidiaphragm elevation ``(N, 2)`` (right, left).
-
-    Cardiomegaly follows the CTR; nodule and mass are chronic (per patient, same place on follow-ups); the
-    others are acute (per image). Prevalence rises with age; pneumothorax is commoner in men when sex_effect > 0.
-    """
-    n, n_p, se = len(pid), len(site_p), float(cfg.sex_effect)
-    g = rng(seed, "findings")
-    prev = np.array([[s.prevalence[f] for f in FINDINGS] for s in sites])[site_p] * cfg.prevalence
-    prev = prev * np.exp(0.012 * (age_p - 50))[:, None]
-    prev[:, FINDINGS.index("Pneumothorax")] *= 1 + 0.35 * se * sexsign_p
-    prev = np.clip(prev, 0.0, 0.9)
-    chronic = g.random((n_p, 2)) < prev[:, [FINDINGS.index("Nodule"), FINDINGS.index("Mass")]]
-    present = g.random((n, len(FINDINGS))) < prev[pid]
-    present[:, FINDINGS.index("Nodule")] = chronic[pid, 0]
-    present[:, FINDINGS.index("Mass")] = chronic[pid, 1]
-    present[:, FINDINGS.index("Cardiomegaly")] = params["ctr"] > CTR_THRESHOLD
-    on = {f: present[:, i] for i, f in enumerate(FINDINGS)}
-
-    def side(p_right: float, size: int = n) -> np.ndarray:
-        return np.where(g.random(size) < p_right, RIGHT, LEFT)
-
-    eff_side = g.choice(np.array([1, 2, 3]), n, p=[0.4, 0.3, 0.3])  # right, left, both
-    eff_h = 0.015 + 0.15 * g.beta(1.2, 3.5, n)
-    ptx_side = side(0.5)
-    ptx_g = 0.02 + 0.18 * g.beta(1.3, 3.0, n)
-    atel_side = side(0.45)
-    elev = on["Atelectasis"] * g.uniform(0.0, 0.05, n)
-    les = dict(
-        eff_r=on["Effusion"] * (eff_side != 2) * eff_h * g.uniform(0.6, 1.0, n),
-        eff_l=on["Effusion"] * (eff_side != 1) * eff_h * g.uniform(0.6, 1.0, n),
-        ptx_r=on["Pneumothorax"] * (ptx_side < 0) * ptx_g,
-        ptx_l=on["Pneumothorax"] * (ptx_side > 0) * ptx_g,
-        cons_side=side(0.55), cons_t=g.beta(4.0, 2.0, n), cons_q=g.uniform(0.25, 0.8, n),
-        cons_r=0.05 + 0.12 * g.beta(2.0, 3.0, n), cons_d=on["Consolidation"] * g.uniform(0.18, 0.4, n),
-        atel_side=atel_side, atel_t=g.uniform(0.62, 0.9, n), atel_q=g.uniform(0.35, 0.65, n),
-        atel_len=g.uniform(0.08, 0.2, n), atel_h=0.015 + 0.03 * g.beta(2.0, 3.0, n),
-        atel_tilt=g.normal(0, 0.15, n), atel_d=on["Atelectasis"] * g.uniform(0.25, 0.45, n),
-        nod_side=side(0.5, n_p)[pid], nod_t=g.uniform(0.1, 0.85, n_p)[pid], nod_q=g.uniform(0.2, 0.85, n_p)[pid],
-        nod_r=(0.035 + 0.035 * g.beta(2.0, 2.0, n_p))[pid], nod_d=on["Nodule"] * g.uniform(0.25, 0.45, n_p)[pid],
-        mass_side=side(0.5, n_p)[pid], mass_t=g.uniform(0.15, 0.8, n_p)[pid], mass_q=g.uniform(0.25, 0.75, n_p)[pid],
-        mass_r=(0.07 + 0.07 * g.beta(2.0, 2.0, n_p))[pid], mass_d=on["Mass"] * g.uniform(0.22, 0.4, n_p)[pid],
-    )
-    elevation = np.stack([elev * (atel_side < 0), elev * (atel_side > 0)], axis=1)
-    labels = present.copy()
-    if cfg.label_noise > 0:
-        labels ^= g.random(labels.shape) < cfg.label_noise
-    return labels.astype(np.uint8), les, elevation
-
-
-def _lung_point(a: Anatomy, side: np.ndarray, t: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Canonical ``(u, v)`` at relative height ``t`` and relative distance ``q`` from mediastinum to chest wall."""
-    out = []
-    for s in (RIGHT, LEFT):
-        top, dia = (a.top_l, a.dia_l) if s > 0 else (a.top_r, a.dia_r)
-        v = top + t * (dia + COSTOPHRENIC_DROP - top)
-        lat = lung_edges(a, s, np.zeros_like(v), v)["lat"]
-        out.append((s * (a.med + q * (lat - a.med)), v))
-    right = side < 0
-    return np.where(right, out[0][0], out[1][0]), np.where(right, out[0][1], out[1][1])
-
-
-def _place_lesions(a: Anatomy, p: dict[str, np.ndarray]) -> Lesions:
-    """Turn relative lesion positions into canonical coordinates of each image's own lung fields."""
-    placed = {key: val for key, val in p.items() if not key.endswith(("_t", "_q"))}
-    for name in ("cons", "atel", "nod", "mass"):
-        placed[f"{name}_u"], placed[f"{name}_v"] = _lung_point(a, p[f"{name}_side"], p[f"{name}_t"], p[f"{name}_q"])
-    for name in ("nod", "mass"):
-        del placed[f"{name}_side"]
-    return Lesions(**{key: _f32(val) for key, val in placed.items()})
 
 
 def pose_grid(acq: Acquisition, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -469,60 +359,7 @@ def chest_attenuation(
     """
     out = render_anatomy(a, u, v, vessels, eps)
     att, mark = out["att"], out["markings"]
-
-    def each(present: np.ndarray):
-        idx = np.flatnonzero(present)
-        return idx, (lambda p: col(p[idx], u[idx]))
-
-    for s, name in ((RIGHT, "r"), (LEFT, "l")):
-        e, lung = out[f"edges_{name}"], out[f"lung_{name}"]
-        # effusion: dependent fluid with a meniscus rising toward the chest wall, blunting the angle
-        idx, c = each(getattr(les, f"eff_{name}") > 0)
-        if idx.size:
-            h, med, w = c(getattr(les, f"eff_{name}")), c(a.med), c(a.w_l if s > 0 else a.w_r)
-            x, vv = e["x"][idx], v[idx]
-            rel = np.clip((x - med) / (w - med), 0.0, 1.0)
-            level = c(a.dia_l if s > 0 else a.dia_r) + COSTOPHRENIC_DROP - h - 0.7 * h * rel**2 - 0.02 * rel
-            hemi = ramp(e["lat"][idx] + 0.01 - x, eps) * ramp(x - med, eps)
-            fluid = hemi * np.clip((vv - level) / (0.5 * h + 0.015), 0.0, 1.0) * ramp(level + 1.6 * h + 0.05 - vv, eps)
-            att[idx] += 0.3 * fluid
-            mark[idx] *= 1.0 - 0.8 * fluid
-        # pneumothorax: no lung (and no markings) between chest wall and a thin visceral pleural line
-        idx, c = each(getattr(les, f"ptx_{name}") > 0)
-        if idx.size:
-            gap = c(getattr(les, f"ptx_{name}"))
-            dist = np.minimum(e["lat"][idx] - e["x"][idx], v[idx] - e["dome"][idx])
-            air = lung[idx] * ramp(gap - dist, eps)
-            line = lung[idx] * np.exp(-(((dist - gap) / 0.005) ** 2))
-            att[idx] += -0.18 * air + 0.1 * line + 0.25 * gap * (lung[idx] - air)
-            mark[idx] *= 1.0 - air
-
-    def lung_of(idx: np.ndarray, side: np.ndarray) -> np.ndarray:
-        return np.where(col(side[idx], u[idx]) < 0, out["lung_r"][idx], out["lung_l"][idx])
-
-    # consolidation: a patchy airspace opacity confined to one lung
-    idx, c = each(les.cons_d > 0)
-    if idx.size:
-        r = c(les.cons_r)
-        rho = np.sqrt((u[idx] - c(les.cons_u)) ** 2 + (v[idx] - c(les.cons_v)) ** 2)
-        patch = np.clip((r * (1.0 + 0.35 * tex[idx]) - rho) / (0.5 * r), 0.0, 1.0)
-        att[idx] += c(les.cons_d) * patch * lung_of(idx, les.cons_side)
-    # atelectasis: a plate-like band (with the hemidiaphragm raised by volume loss at sampling)
-    idx, c = each(les.atel_d > 0)
-    if idx.size:
-        s = c(les.atel_side)
-        along = s * (u[idx] - c(les.atel_u))
-        across = v[idx] - c(les.atel_v) - c(les.atel_tilt) * along
-        band = np.exp(-((across / c(les.atel_h)) ** 2)) * ramp(c(les.atel_len) - np.abs(along), 0.04)
-        att[idx] += c(les.atel_d) * band * lung_of(idx, les.atel_side)
-    # nodule (round, sharp) and mass (larger, lobulated)
-    for name, lobes in (("nod", 0.0), ("mass", 0.12)):
-        idx, c = each(getattr(les, f"{name}_d") > 0)
-        if idx.size:
-            r = c(getattr(les, f"{name}_r"))
-            rho = np.sqrt((u[idx] - c(getattr(les, f"{name}_u"))) ** 2 + (v[idx] - c(getattr(les, f"{name}_v"))) ** 2)
-            disc = np.clip((r * (1.0 + lobes * tex[idx]) - rho) / (0.35 * r) + 0.5, 0.0, 1.0)
-            att[idx] += c(getattr(les, f"{name}_d")) * disc
+    draw_findings(att, mark, out, a, les, u, v, tex, eps)
     return att + mark, out["masks"]
 
 

@@ -52,7 +52,7 @@ N_VESSEL_BINS = 256  # angular resolution of the vessel tables
 
 # attenuation of each tissue, in units of a full-thickness chest of soft tissue
 SOFT, AIR_LUNG, ABDOMEN, AIRWAY = 1.0, 0.62, 0.15, 0.16
-RIB, ANTERIOR_RIB, SPINE, CLAVICLE, BREAST, VESSEL, HILUM = 0.15, 0.06, 0.11, 0.24, 0.30, 0.22, 0.10
+RIB, ANTERIOR_RIB, SPINE, CLAVICLE, BREAST, VESSEL, HILUM = 0.15, 0.06, 0.11, 0.24, 0.40, 0.22, 0.10
 
 
 @dataclass

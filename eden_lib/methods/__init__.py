@@ -5,15 +5,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from eden_lib.methods.barlow_twins import BarlowTwins
 from eden_lib.methods.base import BuildContext, Method, MethodConfigError, parse_config
+from eden_lib.methods.caid import CAiD
+from eden_lib.methods.dira import DiRA
+from eden_lib.methods.dino import Dino
 from eden_lib.methods.models_genesis import ModelsGenesis
+from eden_lib.methods.moco_v2 import MoCoV2
 from eden_lib.methods.scratch import Scratch
+from eden_lib.methods.simsiam import SimSiam
 from eden_lib.methods.supervised import Supervised
 
 METHODS: dict[str, type[Method]] = {
     "scratch": Scratch,
     "supervised": Supervised,
     "models_genesis": ModelsGenesis,
+    "moco_v2": MoCoV2,
+    "barlow_twins": BarlowTwins,
+    "simsiam": SimSiam,
+    "caid": CAiD,
+    "dira": DiRA,
+    "dino": Dino,
 }
 
 

@@ -94,7 +94,7 @@ class Method(nn.Module):
     data: ClassVar[Mapping[int, str]] = {}
     #: encoder passes per sample and step (2 for two-view methods; a 32-pixel local crop counts 1/4), for the shared
     #: pretraining budget
-    views: ClassVar[float] = 1
+    views: float = 1
 
     def __init__(self, cfg: Any, ctx: BuildContext) -> None:
         super().__init__()

@@ -3,6 +3,10 @@
 MONAI's ``ResNet`` keeps the torchvision names (``conv1``, ``bn1``, ``layer1`` ... ``layer4``), so weights
 released for a torchvision ResNet map in by name. We always pass the torchvision-like stem (7x7 conv, stride 2,
 then max-pool): MONAI's default stride-1 stem costs about 4x the FLOPs at the same input size.
+
+MONAI's shortcut convolution carries a bias by default (``bias_downsample=True``) where torchvision's has none:
+that adds one ``layerN.0.downsample.0.bias`` per stage with a shortcut (4 for ResNet-50, whose 318 encoder keys plus
+the 2 ``fc`` keys make torchvision's 320). Every backbone is built without it, so torchvision weights load strictly.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class ResNetEncoder(nn.Module):
             conv1_t_size=7,
             conv1_t_stride=2,
             feed_forward=False,
+            bias_downsample=False,
         )
         expansion = 4 if block == "bottleneck" else 1
         # Adopt MONAI's modules under the torchvision names (no wrapper prefix in the state dict).

@@ -93,6 +93,8 @@ def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None
     if method.trains:
         per_step = method.cfg.batch_size * method.views
         steps = max(1, math.ceil(budget / per_step / epochs))
+        if hasattr(method, "set_total_steps"):  # per-step schedules and checks; under DDP a rank takes steps // world
+            method.set_total_steps(max(1, steps // distributed_context()[1]) * epochs)
         optimizer = method.configure_optimizer()
         history = fit(
             method,

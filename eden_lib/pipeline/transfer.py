@@ -8,6 +8,7 @@ Writes ``reports/metrics/transfer/<method>.json`` (a summary plus one record per
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -51,12 +52,18 @@ def landmark_patients(cxr: prepared.PreparedCXR, n: int, seed: int) -> np.ndarra
     return np.sort(rng(seed, "landmark_patients").choice(first, size=n, replace=False))
 
 
-def extract_features(cfg: dict, method: str, cxr: prepared.PreparedCXR, ct: prepared.PreparedCT) -> dict:
-    """Frozen features of one method; saved to ``data/features/<method>.npz`` and returned."""
+def has_3d(method: str) -> bool:
+    """Whether ``method`` pretrained (or initialised) the 3D network; 2D-only methods skip the CT tasks."""
+    return (paths.models_dir(method) / "unet3d.pt").is_file()
+
+
+def extract_features(cfg: dict, method: str, x: torch.Tensor, cxr: prepared.PreparedCXR,
+                     ct: prepared.PreparedCT) -> dict:
+    """Frozen features of one method (``x``: every radiograph at the training size); saved to
+    ``data/features/<method>.npz`` and returned."""
     size = cfg["data"]["image_size"]
     device = cfg["pretrain"]["device"]
     encoder = _load_encoder_2d(cfg, method)
-    x = resize_2d(cxr.images, size)
     out: dict[str, np.ndarray] = {"cxr": predict(encoder, encoder, x, device=device)}
     emb = cfg["embedding"]
     if cxr.landmarks.shape[1]:
@@ -66,9 +73,10 @@ def extract_features(cfg: dict, method: str, cxr: prepared.PreparedCXR, ct: prep
         out["landmark"] = predict(encoder, encoder, patches, device=device)
         out["landmark_row"] = np.repeat(rows, n_l)
         out["landmark_id"] = np.tile(np.arange(n_l), len(rows))
-    unet = _load_unet3d(cfg, method)
-    cubes = torch.from_numpy(np.asarray(ct.candidates, dtype=np.float32)).unsqueeze(1)
-    out["ct"] = predict(unet.pooled_features, unet, cubes, batch=64, device=device)
+    if has_3d(method):
+        unet = _load_unet3d(cfg, method)
+        cubes = torch.from_numpy(np.asarray(ct.candidates, dtype=np.float32)).unsqueeze(1)
+        out["ct"] = predict(unet.pooled_features, unet, cubes, batch=64, device=device)
     path = paths.features_file(method)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **out)
@@ -130,12 +138,13 @@ def classification_runs(
     return records
 
 
-def cxr_classification(cfg: dict, method: str, cxr: prepared.PreparedCXR, feats: dict) -> list[dict]:
+def cxr_classification(
+    cfg: dict, method: str, x: torch.Tensor, cxr: prepared.PreparedCXR, feats: dict
+) -> list[dict]:
     def build() -> nn.Module:
         encoder = _load_encoder_2d(cfg, method)
         return nn.Sequential(encoder, nn.Linear(encoder.out_dim, len(cxr.info["labels"])))
 
-    x = resize_2d(cxr.images, cfg["data"]["image_size"])
     split = (cxr.split_indices("train"), cxr.split_indices("test"))
     return classification_runs(cfg, "cxr_classification", cxr.info["labels"], feats["cxr"], x, cxr.labels, split,
                                build)
@@ -147,16 +156,14 @@ def _seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), target) + DiceLoss(sigmoid=True)(logits.float(), target)
 
 
-def cxr_segmentation(cfg: dict, method: str, cxr) -> list[dict]:
+def cxr_segmentation(cfg: dict, method: str, x: torch.Tensor, cxr: prepared.PreparedCXR) -> list[dict]:
     task = cfg["tasks"]["cxr_segmentation"]
     if not cxr.info["masks"]:
         return []
     structures = task["structures"]
     bits = [cxr.info["masks"].index(s) for s in structures]
-    size = cfg["data"]["image_size"]
     train, test = cxr.split_indices("train"), cxr.split_indices("test")
-    x = resize_2d(cxr.images, size)
-    masks = unpack_masks(cxr.masks, bits, size)
+    masks = unpack_masks(cxr.masks, bits, x.shape[-1])
     has_unet = (paths.models_dir(method) / "unet.pt").is_file()
     records = []
     for seed in cfg["transfer"]["seeds"]:
@@ -215,14 +222,28 @@ def summarize(records: list[dict]) -> dict:
 
 
 def run_transfer(cfg: dict, method: str) -> pd.DataFrame:
-    """Run every task of the stage for ``method``; returns the tidy records (one row per run)."""
+    """Run every task of the stage for ``method``; returns the tidy records (one row per run).
+
+    The metrics file also holds the seconds each part took (``seconds``), for the compute table and the projection
+    of the default's wall time.
+    """
     from eden_lib.reporting.io import write_json
 
     cxr, ct = prepared.load_cxr(), prepared.load_ct()
-    feats = extract_features(cfg, method, cxr, ct)
-    records = cxr_classification(cfg, method, cxr, feats)
-    records += cxr_segmentation(cfg, method, cxr)
-    records += ct_nodule_classification(cfg, method, ct, feats)
-    write_json({"method": method, "profile": cfg["profile"], "summary": summarize(records), "runs": records},
-               paths.metrics_file("transfer", method))
+    x = resize_2d(cxr.images, cfg["data"]["image_size"])
+    seconds: dict[str, float] = {}
+
+    def timed(part: str, fn: Callable[..., object], *args: object) -> object:
+        t0 = time.perf_counter()
+        result = fn(*args)
+        seconds[part] = round(time.perf_counter() - t0, 2)
+        return result
+
+    feats = timed("features", extract_features, cfg, method, x, cxr, ct)
+    records = timed("cxr_classification", cxr_classification, cfg, method, x, cxr, feats)
+    records += timed("cxr_segmentation", cxr_segmentation, cfg, method, x, cxr)
+    if "ct" in feats:
+        records += timed("ct_nodule_classification", ct_nodule_classification, cfg, method, ct, feats)
+    write_json({"method": method, "profile": cfg["profile"], "summary": summarize(records), "seconds": seconds,
+                "runs": records}, paths.metrics_file("transfer", method))
     return pd.DataFrame(records).drop(columns=["per_class"])

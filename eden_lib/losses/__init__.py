@@ -1,0 +1,9 @@
+"""Self-supervised losses, one per module (MONAI's are wrapped, not copied, where they compute the same thing)."""
+
+from eden_lib.losses.barlow_twins import BarlowTwinsLoss
+from eden_lib.losses.dino import DINOLoss
+from eden_lib.losses.info_nce import InfoNCELoss
+from eden_lib.losses.lsgan import LSGANLoss
+from eden_lib.losses.negative_cosine import SymmetricNegativeCosineLoss, negative_cosine
+
+__all__ = ["BarlowTwinsLoss", "DINOLoss", "InfoNCELoss", "LSGANLoss", "SymmetricNegativeCosineLoss", "negative_cosine"]
