@@ -173,12 +173,14 @@ def timing_section() -> list[str]:
         return []
     df = pd.DataFrame(rows)
     df = df[["stage", "seconds", *(["train_seconds"] if "train_seconds" in df else []), "peak_rss_mb"]]
-    total = df["seconds"].sum()
+    # a stage resumed from complete checkpoints ran for seconds, but its pretraining took train_seconds earlier
+    work = df[["seconds", *(["train_seconds"] if "train_seconds" in df else [])]].max(axis=1).sum()
     note = ("`train_seconds`: the pretraining epochs' own time, summed over runs (a stage resumed from complete "
             "checkpoints only re-exports the weights, so its wall time is short).")
     return ["## Compute", "", "Measured wall time of each stage's work (after kernel start-up and imports) and the "
             "peak resident memory of its process.", "", markdown_table(df, float_fmt=".1f"), "", note, "",
-            f"Total stage time: {total / 60:.1f} minutes (plus a few seconds of kernel start-up per notebook).", ""]
+            f"Total work: {work / 60:.1f} minutes (each stage's seconds, or its train_seconds where larger), plus "
+            "about 10 s of notebook start-up per stage.", ""]
 
 
 def build_report(cfg: dict) -> str:
