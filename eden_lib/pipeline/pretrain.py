@@ -82,6 +82,7 @@ def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None
     from eden_lib.methods import build_method
     from eden_lib.seed import seed_everything
 
+    rank, world = distributed_context()
     n_labels = len(cfg["data"]["cxr"]["labels"]) if dims == 2 else 1
     seed_everything(cfg["seed"])
     method = build_method(name, cfg["methods"][name], build_context(cfg, dims, n_labels))
@@ -94,7 +95,7 @@ def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None
         per_step = method.cfg.batch_size * method.views
         steps = max(1, math.ceil(budget / per_step / epochs))
         if hasattr(method, "set_total_steps"):  # per-step schedules and checks; under DDP a rank takes steps // world
-            method.set_total_steps(max(1, steps // distributed_context()[1]) * epochs)
+            method.set_total_steps(max(1, steps // world) * epochs)
         optimizer = method.configure_optimizer()
         history = fit(
             method,
@@ -117,7 +118,7 @@ def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None
         if len(history) < epochs:
             return {"dims": dims, "complete": False, "history": history}
     out = paths.models_dir(name)
-    if distributed_context()[0] == 0:  # one writer under torchrun
+    if rank == 0:  # one writer under torchrun
         for export, module in method.exports().items():
             save_weights(module.cpu(), out / f"{export}.pt", method=name, spatial_dims=dims, export=export)
     return {

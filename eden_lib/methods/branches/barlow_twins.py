@@ -61,7 +61,7 @@ class BarlowTwinsBranch(Discriminative):
         generator: torch.Generator,
         stages1: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        z1 = self.projector(pooled(stages1 if stages1 is not None else self.stages(view1)))
+        z1 = self.projector(pooled(self.view1_stages(view1, stages1)))
         z2 = self.projector(self.encoder(view2))
         return {"loss_dis": self.criterion(z1, z2)}
 

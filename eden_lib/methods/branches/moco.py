@@ -130,8 +130,7 @@ class MoCoV2Branch(Discriminative):
         generator: torch.Generator,
         stages1: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        stages1 = stages1 if stages1 is not None else self.stages(view1)
-        q = F.normalize(self.projector(pooled(stages1)), dim=1)
+        q = F.normalize(self.projector(pooled(self.view1_stages(view1, stages1))), dim=1)
         k = self.keys(view2, generator)
         loss = self.criterion(q, k, self.queue.clone())
         self.enqueue(k)

@@ -56,7 +56,7 @@ class SimSiamBranch(Discriminative):
         generator: torch.Generator,
         stages1: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        z1 = self.projector(pooled(stages1 if stages1 is not None else self.stages(view1)))
+        z1 = self.projector(pooled(self.view1_stages(view1, stages1)))
         z2 = self.projector(self.encoder(view2))
         return {"loss_dis": self.criterion(self.predictor(z1), self.predictor(z2), z1, z2)}
 

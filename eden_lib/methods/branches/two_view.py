@@ -106,6 +106,10 @@ class Discriminative(nn.Module):
         """The online encoder's five feature maps of ``x`` ``(B, 1, S, S)`` (what a restoration decoder reads)."""
         return self.encoder.stages(x)
 
+    def view1_stages(self, view1: torch.Tensor, stages1: list[torch.Tensor] | None) -> list[torch.Tensor]:
+        """``stages1`` when the caller already ran :meth:`stages` on ``view1`` (CAiD / DiRA), else that pass."""
+        return stages1 if stages1 is not None else self.stages(view1)
+
     def loss(
         self,
         view1: torch.Tensor,
