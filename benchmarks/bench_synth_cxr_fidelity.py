@@ -5,14 +5,16 @@ Run: ``python benchmarks/bench_synth_cxr_fidelity.py`` (about 4 minutes on 2 cor
 when a property fails, so a change of the generator that loses one is caught.
 
 - Difficulty: the study's 2D encoder (ResNet-18, widths 32-256) trained supervised on 64x64 images (area-resized
-  from the 256 render) with all labels and with 10 % of them; AUC per finding on held-out patients. Rule: every
+  from the 256 render) with all labels and with 10 % of them; AUC per finding on 40 % held-out patients. Rule: every
   finding below 0.95 with all labels, above 0.6 (learnable), and the mean clearly lower with 10 %.
 - Sex effect: the gender-bias study (male-only, female-only and balanced probes on the supervised features, AUC
   per sex and finding, bootstrap CI of the male - female gap) at ``sex_effect`` 0, 1 and 2. The mechanisms push
   findings both ways (breast shadows hide lower-zone opacities in women; the sex-dependent CTR and pneumothorax
   rate shift the other findings' difficulty toward women), so the size of the gaps is what grows. Rule: at 0 the
   per-finding CIs cover 0 (at least 85 % of them, the nominal rate being 95 %); the mean absolute per-finding gap
-  grows with the effect; at the study's value at least two findings have a gap whose CI excludes 0.
+  at the largest effect swept exceeds the one at the smallest by 0.02 and every other (chance alone gives a mean
+  absolute gap of about 0.045 here, so intermediate values are not ordered among themselves); at the study's
+  value at least two findings have a gap whose CI excludes 0.
 - Laterality: left vs right patches of paired landmarks, told apart by a small CNN trained with and without
   horizontal-flip augmentation. Rule: without flips every pair is told apart; flips cost accuracy on the
   mirror-symmetric clavicle heads but not on the hemidiaphragms (heart, gastric bubble: real laterality cues).
@@ -32,20 +34,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from eden_lib.analysis.bias import mean_abs_gap  # noqa: E402
+from eden_lib.data.splits import patient_holdout  # noqa: E402
 from eden_lib.data.synth_cxr import FINDINGS, LANDMARKS, SynthCXRConfig, generate_synth_cxr  # noqa: E402
 from eden_lib.paths import reports_dir  # noqa: E402
+from small_cnn import small_cnn  # noqa: E402 (benchmarks/ is on sys.path when run)
 
 SIZE = 64
 PAIRS = {"clavicle_head": ("right_clavicle_head", "left_clavicle_head"),
          "hemidiaphragm_apex": ("right_hemidiaphragm_apex", "left_hemidiaphragm_apex"),
          "costophrenic_angle": ("right_costophrenic_angle", "left_costophrenic_angle")}
-
-
-def patient_split(meta, seed: int, test_fraction: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-    patients = meta["patient_id"].to_numpy()
-    uniq = np.random.default_rng(seed).permutation(np.unique(patients))
-    test = np.isin(patients, uniq[: int(test_fraction * len(uniq))])
-    return np.flatnonzero(~test), np.flatnonzero(test)
 
 
 def supervised(x, labels: np.ndarray, train: np.ndarray, test: np.ndarray, epochs: int, seed: int) -> dict:
@@ -106,11 +104,7 @@ def patch_accuracy(data, names: tuple[str, str], patch: int, size: int, train: n
     rows = lambda r: torch.from_numpy(np.concatenate([2 * r, 2 * r + 1]))  # noqa: E731
     tr, te = rows(train), rows(test)
 
-    def block(i: int, o: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))
-
-    net = nn.Sequential(block(1, 16), block(16, 32), block(32, 32), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(32, 2))
+    net = small_cnn((16, 32, 32), 2)
     opt = torch.optim.AdamW(net.parameters(), 3e-3, weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
@@ -131,7 +125,7 @@ def patch_accuracy(data, names: tuple[str, str], patch: int, size: int, train: n
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=2000, help="patients per generated set (one image each)")
+    ap.add_argument("--n", type=int, default=3000, help="patients per generated set (one image each)")
     ap.add_argument("--epochs", type=int, default=12, help="supervised training epochs")
     ap.add_argument("--effects", type=float, nargs="+", default=[0.0, 1.0, 2.0], help="sex_effect values swept")
     ap.add_argument("--seed", type=int, default=0)
@@ -149,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     for effect in args.effects:
         data = generate_synth_cxr(SynthCXRConfig(n_patients=args.n, sex_effect=effect), args.seed)
         x = resize_2d(data.images, SIZE)
-        train, test = patient_split(data.meta, args.seed)
+        train, test = patient_holdout(data.meta["patient_id"].to_numpy(), 0.4, args.seed)
         sup = supervised(x, data.labels, train, test, args.epochs, args.seed)
         result["sex_effect_sweep"][f"{effect:g}"] = sex_gap(sup["features"], data, train, test, [0, 1, 2])
         if effect == study_effect:
@@ -186,11 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _abs_gap(sets: dict) -> float:
-    """Mean over findings and training sets of |male - female AUC gap|."""
-    return float(np.mean([abs(v["gap"]) for ts in sets.values() for v in ts["per_finding"].values()]))
-
-
 def checks(r: dict) -> dict[str, bool]:
     """The §6.1 rules as booleans (see the module docstring)."""
     d = r["difficulty"]
@@ -203,11 +192,12 @@ def checks(r: dict) -> dict[str, bool]:
     ribs = r["rib5_vs_rib6"]
     return {
         "every_finding_below_0.95": all(a < 0.95 for a in auc),
-        "every_finding_learnable_above_0.55": all(a > 0.55 for a in auc),
+        "every_finding_learnable_above_0.6": all(a > 0.6 for a in auc),
         "fewer_labels_clearly_lower": d["labels_10pct"]["mean_auc"] < d["all_labels"]["mean_auc"] - 0.03,
         "no_gap_at_sex_effect_0": bool(at_zero)
         and np.mean([v["gap_ci_low"] <= 0 <= v["gap_ci_high"] for v in at_zero]) >= 0.85,
-        "gap_grows_with_sex_effect": all(_abs_gap(sweep[b]) > _abs_gap(sweep[a]) for a, b in zip(effects, effects[1:])),
+        "gap_grows_with_sex_effect": mean_abs_gap(sweep[effects[-1]]) > mean_abs_gap(sweep[effects[0]]) + 0.02
+        and all(mean_abs_gap(sweep[e]) < mean_abs_gap(sweep[effects[-1]]) for e in effects[:-1]),
         "gaps_exclude_0_at_default": sum(v["gap_ci_low"] > 0 or v["gap_ci_high"] < 0
                                          for v in default["per_finding"].values()) >= 2,
         "left_right_told_apart_without_flips": all(v["flip_False"] > 0.9 for v in lat.values()),

@@ -2,19 +2,21 @@
 
 Every file is written to a temporary name in the same folder and moved into place with ``os.replace``, so a kill
 mid-write leaves the previous checkpoint intact. Every read uses ``torch.load(weights_only=True)``: an untrusted
-pickle is never executed.
+pickle is never executed. Keras ``.h5`` files are read as data with h5py (:mod:`eden_lib.keras_h5`).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from eden_lib.keras_h5 import KERAS_BN_EPS, KerasH5Error, is_keras_h5, load_keras_h5, set_bn_eps
 
 
 class CheckpointError(RuntimeError):
@@ -133,6 +135,25 @@ def _smp_unet(key: str, target: frozenset[str]) -> str | None:
     return None if key.startswith(("decoder.", "segmentation_head.")) else key.removeprefix("encoder.")
 
 
+def _strip_transvw(key: str) -> str:
+    return key.removeprefix("module.").removeprefix("classficationNet.")
+
+
+def _has_head(keys: Iterable[str]) -> bool:
+    return any(k.startswith("clc_out.") for k in keys)
+
+
+def _drop_absent_head(key: str, target: frozenset[str]) -> str | None:
+    """``clc_out.*`` is dropped when the target has no ``clc_out`` head (a UNet3D), kept for a YNet3D."""
+    return None if key.startswith("clc_out.") and not _has_head(target) else key
+
+
+def _transvw(key: str, target: frozenset[str]) -> str | None:
+    """TransVW / Semantic Genesis ``.pt``: ``module.`` and then ``classficationNet.`` (sic, the official wrapper's
+    name) stripped where present; the ``clc_out`` head as :func:`_drop_absent_head` decides."""
+    return _drop_absent_head(_strip_transvw(key), target)
+
+
 def _dira_moco_wrapper(key: str, target: frozenset[str]) -> str | None:
     """DiRA's ``checkpoint.pth``: the query U-Net ``module.encoder_q.backbone.*`` as :func:`_smp_unet` maps it;
     the projector, the key U-Net and the queue are dropped."""
@@ -155,6 +176,12 @@ KEY_MAPS: dict[str, KeyMap] = {
     "dira_moco_wrapper": _dira_moco_wrapper,
     # DiRA's D_checkpoint.pth: {"state_dict": {"module.model.{0,2,5,8,11}.*"}} -> PatchDiscriminator
     "dira_discriminator": _strip_module,
+    # TransVW_chest_ct.pt / semantic_genesis_chest_ct.pt: {"state_dict": the 115 YNet3D keys}, possibly prefixed
+    # "module." and / or "classficationNet."; into a YNet3D strictly, into a UNet3D without the clc_out head
+    "transvw": _transvw,
+    # a Keras .h5 (eden_lib.keras_h5 names its weights ours): into a UNet3D / YNet3D built with upsample="nearest"
+    # (and head="keras" for TransVW / SG files); the clc_out head as for "transvw"
+    "keras_h5": _drop_absent_head,
 }
 
 #: (source, test on the weight names) in the order tried: the more specific layouts first
@@ -163,6 +190,7 @@ _DETECTORS: tuple[tuple[str, Callable[[list[str]], bool]], ...] = (
         "models_genesis",
         lambda ks: all(k.startswith("module.") for k in ks) and any(k.startswith("module.down_tr64.") for k in ks),
     ),
+    ("transvw", lambda ks: any(_strip_transvw(k).startswith("clc_out.") for k in ks)),
     ("dira_discriminator", lambda ks: all(k.startswith("module.model.") for k in ks)),
     ("dira_moco_wrapper", lambda ks: any(k.startswith("module.encoder_q.backbone.") for k in ks)),
     ("moco", lambda ks: "module.encoder_q.conv1.weight" in ks),
@@ -175,10 +203,15 @@ def detect_source(ckpt: Mapping[str, Any]) -> str:
     """The layout of a checkpoint read by :func:`load_checkpoint` (a key of :data:`KEY_MAPS`).
 
     ``eden``: top-level ``info`` and ``state_dict``. Otherwise the weights (``state_dict`` if present, else the
-    dict itself) decide: ``models_genesis``: all ``module.``, some ``module.down_tr64.``; ``dira_discriminator``:
-    all ``module.model.``; ``dira_moco_wrapper``: some ``module.encoder_q.backbone.``; ``moco``:
+    dict itself) decide: ``models_genesis``: all ``module.``, some ``module.down_tr64.``; ``transvw``: some
+    ``clc_out.`` once ``module.`` / ``classficationNet.`` are stripped; ``dira_discriminator``: all
+    ``module.model.``; ``dira_moco_wrapper``: some ``module.encoder_q.backbone.``; ``moco``:
     ``module.encoder_q.conv1.weight``; ``dira_unet``: ``encoder.conv1.weight`` and ``decoder.blocks.*``;
     ``torchvision``: ``conv1.weight`` and ``layer1.0.conv1.weight``.
+
+    ``models_genesis`` is tried first, so a YNet3D saved from ``nn.DataParallel`` (every key ``module.``) reads as
+    ``models_genesis``: it loads strictly into a YNet3D, and into a UNet3D its ``clc_out`` keys are refused unless
+    ``source="transvw"`` is passed. Keras ``.h5`` files are recognised by :func:`load_pretrained` before reading.
     """
     if "info" in ckpt and "state_dict" in ckpt:
         return "eden"
@@ -223,11 +256,30 @@ def fill_batch_counters(state: dict[str, torch.Tensor], own: Mapping[str, torch.
     return filled
 
 
+def _read_keras_h5(path: Path, model: nn.Module, own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``.h5`` weights under our names; refused up front for a model with ``up_conv`` weights to fill."""
+    up_convs = sorted(k for k in own if ".up_conv." in k)
+    if up_convs:
+        raise CheckpointError(
+            f"{path} (keras_h5 layout) cannot fill {type(model).__name__}'s {len(up_convs)} up_conv weights "
+            f"({up_convs[0]}, ...): the Keras decoder upsamples with parameter-free UpSampling3D, so a .h5 has no "
+            f"up_conv weights; build the model with upsample='nearest'"
+        )
+    try:
+        return load_keras_h5(path)
+    except KerasH5Error as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
 def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") -> dict:
     """Load a released or Eden checkpoint into ``model`` strictly, mapping its key layout.
 
     After the key map (:data:`KEY_MAPS`), RGB stem weights are summed to one channel for a one-channel model
     (:func:`rgb_to_gray`) and absent pre-0.4.1 batch counters are zeroed (:func:`fill_batch_counters`).
+    A Keras ``.h5`` (``source="keras_h5"``, or ``"auto"`` and :func:`~eden_lib.keras_h5.is_keras_h5`) is read with
+    :func:`~eden_lib.keras_h5.load_keras_h5`, only into a model without ``up_conv`` weights
+    (``upsample="nearest"``), and the model's batch norms then get Keras's eps 1e-3
+    (:func:`~eden_lib.keras_h5.set_bn_eps`).
 
     Args:
         path: the checkpoint file (read with ``weights_only=True``; never unpickles code).
@@ -235,26 +287,42 @@ def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") ->
         source: a key of :data:`KEY_MAPS`, or ``"auto"`` to detect it (:func:`detect_source`).
 
     Returns:
-        ``{"source": ..., "keys": n loaded from the file, "converted": [rgb_to_gray keys], "filled": [counters]}``.
+        ``{"source": ..., "keys": n loaded from the file, "converted": [rgb_to_gray keys], "filled": [counters],
+        "dropped": [the file's keys the key map left out, sorted; for keras_h5 under our names]}``, and ``"bn_eps"``
+        for ``keras_h5``.
 
     Raises:
         CheckpointError: unknown layout, or missing / unexpected / mis-shaped keys (named).
     """
-    ckpt = load_checkpoint(path)
-    if source == "auto":
-        source = detect_source(ckpt)
-    if source not in KEY_MAPS:
-        raise CheckpointError(f"unknown checkpoint source {source!r}; known: {sorted(KEY_MAPS)}")
-    state = ckpt.get("state_dict", ckpt)
-    own = model.state_dict()
+    path, own = Path(path), model.state_dict()
+    if source == "keras_h5" or (source == "auto" and is_keras_h5(path)):
+        source, state = "keras_h5", _read_keras_h5(path, model, own)
+    else:
+        ckpt = load_checkpoint(path)
+        if source == "auto":
+            source = detect_source(ckpt)
+        if source not in KEY_MAPS:
+            raise CheckpointError(f"unknown checkpoint source {source!r}; known: {sorted(KEY_MAPS)}")
+        state = ckpt.get("state_dict", ckpt)
     mapping, target = KEY_MAPS[source], frozenset(own)
-    mapped = {}
+    mapped, dropped = {}, []
     for key, value in state.items():
         new = mapping(key, target)
-        if new is not None:
+        if new is None:
+            dropped.append(key)
+        else:
             mapped[new] = value
     n_loaded = len(mapped)
     converted = rgb_to_gray(mapped, own)
     filled = fill_batch_counters(mapped, own)
-    load_state_dict_strict(model, mapped, f"{path} ({source} layout)")
-    return {"source": source, "keys": n_loaded, "converted": converted, "filled": filled}
+    try:
+        load_state_dict_strict(model, mapped, f"{path} ({source} layout)")
+    except CheckpointError as exc:
+        if source == "models_genesis" and _has_head(mapped) and not _has_head(own):
+            raise CheckpointError(f"{exc}; to load it without its clc_out head pass source='transvw'") from None
+        raise
+    info = {"source": source, "keys": n_loaded, "converted": converted, "filled": filled, "dropped": sorted(dropped)}
+    if source == "keras_h5":
+        set_bn_eps(model, KERAS_BN_EPS)
+        info["bn_eps"] = KERAS_BN_EPS
+    return info

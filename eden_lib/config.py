@@ -176,6 +176,14 @@ def read_raw(path: str | Path | None = None) -> dict:
             raise ConfigError(
                 f"{path}: profile '{name}' must declare every section (use {{}} for none); missing {lacking}"
             )
+    for name, block in raw["profiles"].items():
+        lacking = [m for m in raw["active_methods"] if m not in (block["methods"] or {})]
+        if lacking:
+            raise ConfigError(
+                f"{path}: profile '{name}' must give every active method an override block under 'methods' "
+                f"(use {{}} for none; DVC tracks profiles.<profile>.methods.<method> per pretraining stage); "
+                f"missing {lacking}"
+            )
     return raw
 
 

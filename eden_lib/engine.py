@@ -170,6 +170,7 @@ def fit(
     if world > 1 and not steps_per_epoch:
         raise ValueError("distributed training needs steps_per_epoch (equal step counts on every rank)")
     per_rank = (steps_per_epoch or 0) // world
+    usable = per_rank * world if world > 1 else None  # every rank takes the same number of steps
     bar = _progress((cfg.epochs - start) * per_rank, cfg, desc=str(cfg.extra.get("name", "train")))
     done = 0
     try:
@@ -181,7 +182,6 @@ def fit(
             sums: dict[str, float] = {}
             n = 0
             t0 = time.perf_counter()
-            usable = (steps_per_epoch // world) * world if steps_per_epoch and world > 1 else None
             for step, batch in enumerate(batches(epoch, generator)):
                 if usable is not None and step >= usable:
                     break

@@ -5,7 +5,7 @@ import torch
 
 from eden_lib.data.batches import cxr_batches, random_resized_crop, resize_2d, volume_batches
 from eden_lib.data.patches import crop_around, unpack_masks
-from eden_lib.data.splits import carve_validation
+from eden_lib.data.splits import carve_validation, patient_holdout
 
 
 def test_resize_keeps_range_and_shape():
@@ -76,3 +76,16 @@ def test_several_patches_per_image_match_one_at_a_time():
     single = torch.cat([crop_around(imgs[i : i + 1], centers[i, j][None], 12, 8) for i in range(3) for j in range(4)])
     assert many.shape == (12, 1, 8, 8)
     assert torch.allclose(many, single, atol=1e-6)
+
+
+def test_patient_holdout_keeps_each_patient_on_one_side():
+    patients = np.repeat(np.arange(50), 3)
+    train, test = patient_holdout(patients, 0.3, seed=1)
+    assert len(np.unique(patients[test])) == 15
+    assert not set(patients[train]) & set(patients[test])
+    assert sorted(np.concatenate([train, test])) == list(range(150))
+    again, _ = patient_holdout(patients, 0.3, seed=1)
+    other, _ = patient_holdout(patients, 0.3, seed=2)
+    assert np.array_equal(train, again) and not np.array_equal(train, other)
+    with pytest.raises(ValueError, match="test_fraction"):
+        patient_holdout(patients, 1.0, seed=1)

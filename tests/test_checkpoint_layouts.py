@@ -181,7 +181,8 @@ def test_real_torchvision_resnet50_file_loads_into_a_grey_encoder(tmp_path):
     torch.save(state, tmp_path / "resnet50.pth")
     encoder = ResNetEncoder("resnet50", (64, 128, 256, 512), in_channels=1)
     info = load_pretrained(tmp_path / "resnet50.pth", encoder)
-    assert info == {"source": "torchvision", "keys": 318, "converted": ["conv1.weight"], "filled": []}
+    assert info == {"source": "torchvision", "keys": 318, "converted": ["conv1.weight"], "filled": [],
+                    "dropped": ["fc.bias", "fc.weight"]}
     assert torch.equal(encoder.conv1.weight, state["conv1.weight"].sum(dim=1, keepdim=True))
     assert torch.equal(encoder.layer4[2].bn3.running_var, state["layer4.2.bn3.running_var"])
 

@@ -58,7 +58,8 @@ def test_official_models_genesis_layout_loads_strictly(tmp_path):
     torch.save({"state_dict": {f"module.{k}": v for k, v in released.state_dict().items()}}, tmp_path / "g.pt")
     ours = UNet3D(base_width=4)
     info = load_pretrained(tmp_path / "g.pt", ours)
-    assert info == {"source": "models_genesis", "keys": len(released.state_dict()), "converted": [], "filled": []}
+    assert info == {"source": "models_genesis", "keys": len(released.state_dict()), "converted": [], "filled": [],
+                    "dropped": []}
     assert all(torch.equal(a, b) for a, b in zip(released.state_dict().values(), ours.state_dict().values()))
     # a TransVW / Semantic Genesis YNet3D checkpoint has the classification head too: named, never dropped silently
     ynet = YNet3D(base_width=4, n_classes=3)

@@ -59,6 +59,12 @@ def test_profile_must_declare_every_section(raw_params, write_params):
         load_params(write_params(raw_params))
 
 
+def test_profile_must_give_every_active_method_a_block(raw_params, write_params):
+    del raw_params["profiles"]["paper"]["methods"]["dino"]
+    with pytest.raises(ConfigError, match=r"profile 'paper' must give every active method.*missing \['dino'\]"):
+        load_params(write_params(raw_params), profile="synthetic")
+
+
 def test_method_block_is_validated_by_its_method(raw_params, write_params):
     raw_params["methods"]["models_genesis"]["temperature"] = 0.2
     with pytest.raises(MethodConfigError, match=r"models_genesis: unknown keys \['temperature'\]"):

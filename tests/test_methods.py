@@ -15,11 +15,14 @@ def ctx(dims: int) -> BuildContext:
     return BuildContext(spatial_dims=dims, n_labels=3 if dims == 2 else 1, **CTX)
 
 
-def batch(dims: int, generator: torch.Generator, renders: bool = False) -> dict:
-    """Training crops (2D at image_size 32), whole 64 x 64 renders for ``cxr_renders`` methods, or 3D cubes."""
+def batch(dims: int, generator: torch.Generator, renders: bool = False, classes: int = 0) -> dict:
+    """Training crops (2D at image_size 32), whole 64 x 64 renders for ``cxr_renders`` methods, or 3D cubes;
+    ``classes > 0``: ``visual_words`` crops with one class index each."""
     shape = (4, 1, 64, 64) if renders else (4, 1, 32, 32) if dims == 2 else (4, 1, 16, 16, 16)
     x = torch.rand(shape, generator=generator)
     labels = (torch.rand(4, 3 if dims == 2 else 1, generator=generator) > 0.5).float()
+    if classes:
+        labels = torch.randint(classes, (4,), generator=generator)
     return {"image": x, "label": labels}
 
 
@@ -32,7 +35,8 @@ BLOCKS = {"scratch": {}, "supervised": {"lr": 0.01}, "models_genesis": {"batch_s
           "simsiam": {**TINY_TWO_VIEW, "simsiam_dim": 32, "simsiam_pred_dim": 8},
           "caid": {**TINY_TWO_VIEW, "ssl": "barlow_twins", "bt_dim": 32},
           "dira": {**TINY_TWO_VIEW, "ssl": "simsiam", "simsiam_dim": 32, "simsiam_pred_dim": 8,
-                   "d_widths": [8, 8, 8, 8], "warmup_fraction": 0.0}}
+                   "d_widths": [8, 8, 8, 8], "warmup_fraction": 0.0},
+          "transvw": {"batch_size": 4, "n_classes": 3}, "semantic_genesis": {"batch_size": 4, "n_classes": 3}}
 #: on a fixed batch a queue-based loss rises: the queue fills with the batch's own keys, negatives that match the
 #: positives (test_methods_siamese.py checks that MoCo's loss falls against a fixed queue)
 QUEUE_FED = {"moco_v2"}
@@ -50,7 +54,8 @@ def test_method_trains_and_exports(name, dims, tmp_path):
             method.set_total_steps(8)
         opt = method.configure_optimizer()
         g = torch.Generator().manual_seed(0)
-        fixed = batch(dims, g, renders=method.data.get(dims) == "cxr_renders")
+        fixed = batch(dims, g, renders=method.data.get(dims) == "cxr_renders",
+                      classes=method.cfg.n_classes if method.data.get(dims) == "visual_words" else 0)
         losses = []
         for _ in range(8):
             out = method(fixed, torch.Generator().manual_seed(1))

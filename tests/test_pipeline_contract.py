@@ -44,7 +44,7 @@ def test_every_stage_runs_its_notebook_with_declared_parameters():
     for name, stage in dvc_yaml()["stages"].items():
         body = stage.get("do", stage)
         notebook = f"notebooks/{STAGE_NOTEBOOK[name]}.ipynb"
-        assert re.match(rf"mkdir -p reports/executed\S* && papermill {notebook} reports/executed/", body["cmd"]), name
+        assert re.match(rf"mkdir -p reports/executed\S* && papermill --engine eden {notebook} reports/executed/", body["cmd"]), name
         assert notebook in body["deps"], name
         passed = set(re.findall(r" -p (\w+)", body["cmd"].split("papermill", 1)[1]))
         declared = set(papermill.inspect_notebook(str(ROOT / notebook)))

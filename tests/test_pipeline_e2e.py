@@ -89,16 +89,26 @@ def test_executed_notebooks_hold_no_errors(smoke_repo):
                 assert out.get("name") != "stderr" or "Traceback" not in "".join(out.get("text", "")), path.name
 
 
-def test_changing_a_transfer_parameter_reruns_only_transfer_and_downstream(smoke_repo):
-    _set_param(smoke_repo, "    C: 0.5", "    C: 0.25")
+def _stages_changed_by(root: Path, old: str, new: str) -> set[str]:
+    """What ``dvc status`` lists with ``old`` replaced by ``new`` in params.yaml (restored afterwards)."""
+    _set_param(root, old, new)
     try:
-        status = _run([str(BIN / "dvc"), "status", "--json"], smoke_repo, check=True)
-        changed = set(json.loads(status.stdout))
+        return set(json.loads(_run([str(BIN / "dvc"), "status", "--json"], root, check=True).stdout))
     finally:
-        _set_param(smoke_repo, "    C: 0.25", "    C: 0.5")
+        _set_param(root, new, old)
+
+
+def test_changing_a_transfer_parameter_reruns_only_transfer_and_downstream(smoke_repo):
+    changed = _stages_changed_by(smoke_repo, "    C: 0.5", "    C: 0.25")
     assert any(s.startswith("transfer@") for s in changed)
     assert not any(s == "prepare" or s.startswith("pretrain@") for s in changed), changed
     assert changed <= {s for s in changed if s.startswith("transfer@")} | {"embedding", "bias", "report"}
+
+
+def test_changing_one_methods_override_reruns_only_that_method(smoke_repo):
+    old = "simsiam: {batch_size: 64, lr: 0.0125"
+    changed = _stages_changed_by(smoke_repo, old, old.replace("0.0125", "0.02"))
+    assert changed == {"pretrain@simsiam"}, changed  # its transfer reruns only if the exported weights change
 
 
 def test_pretraining_killed_midway_resumes_from_its_last_checkpoint(smoke_repo, tmp_path):

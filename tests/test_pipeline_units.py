@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from eden_lib import paths
 from eden_lib.evaluation.statistics import compare_methods
@@ -37,3 +38,30 @@ def test_paths_follow_eden_root(monkeypatch, tmp_path):
     assert paths.metrics_file("transfer", "scratch") == tmp_path.resolve() / "reports/metrics/transfer/scratch.json"
     monkeypatch.delenv("EDEN_ROOT")
     assert (paths.repo_root() / "params.yaml").is_file()
+
+
+def test_loss_terms_are_the_first_and_final_epoch_means_of_each_part():
+    from eden_lib.pipeline.pretrain import loss_terms
+
+    history = [{"epoch": 0, "loss": 3.0, "loss_dis": 2.0, "loss_res": 0.1, "lr": 0.1},
+               {"epoch": 1, "loss": 2.5, "loss_dis": 1.9, "loss_res": 0.06, "lr": 0.05}]
+    assert loss_terms(history) == {"dis": {"first": 2.0, "final": 1.9}, "res": {"first": 0.1, "final": 0.06}}
+    assert loss_terms([{"epoch": 0, "loss": 1.0, "lr": 0.1}]) == {}
+    assert loss_terms([]) == {}
+
+
+def test_pretraining_fingerprint_follows_the_prepared_data(monkeypatch, tmp_path):
+    from eden_lib.config import load_params
+    from eden_lib.pipeline.pretrain import fingerprint
+
+    cfg = load_params(profile="smoke")
+    monkeypatch.setenv("EDEN_ROOT", str(tmp_path))
+    cxr = paths.prepared_dir("cxr")
+    cxr.mkdir(parents=True)
+    np.save(cxr / "images.npy", np.zeros((2, 4, 4), np.uint8))
+    first = fingerprint(cfg, "simsiam", 2)
+    assert fingerprint(cfg, "simsiam", 2) == first
+    np.save(cxr / "images.npy", np.ones((2, 4, 4), np.uint8))  # regenerated data: same shape, other bytes
+    assert fingerprint(cfg, "simsiam", 2) != first
+    with pytest.raises(FileNotFoundError, match="prepared ct data"):
+        fingerprint(cfg, "models_genesis", 3)

@@ -10,7 +10,8 @@ effect up from 0 to make the gap appear.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -141,3 +142,13 @@ def bias_study(
             "note": np.append(note, ""),
         }))
     return pd.concat(frames, ignore_index=True)
+
+
+def mean_abs_gap(per_training_set: Mapping[str, Mapping[str, Any]]) -> float:
+    """Mean over training sets and findings of |AUC(male) - AUC(female)|: how large the gaps are, whatever their sign.
+
+    Args:
+        per_training_set: ``{"male" | "female" | "balanced": {"per_finding": {finding: {"gap": float, ...}}}}``
+            (one entry of the fidelity benchmark's ``sex_effect_sweep``).
+    """
+    return float(np.mean([abs(v["gap"]) for ts in per_training_set.values() for v in ts["per_finding"].values()]))

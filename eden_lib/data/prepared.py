@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,3 +100,22 @@ def load_ct(folder: Path | None = None) -> PreparedCT:
         candidate_meta=pd.read_csv(folder / "candidates.csv"),
         info=json.loads((folder / "info.json").read_text()),
     )
+
+
+def digest(kind: str, folder: Path | None = None) -> str:
+    """SHA-1 over the names and bytes of every file of ``data/prepared/<kind>`` (``kind``: ``cxr`` or ``ct``).
+
+    Pretraining folds it into its checkpoint fingerprint, so a checkpoint of a run on other data (a changed
+    generator, seed or real dataset) is never resumed.
+    """
+    folder = folder or paths.prepared_dir(kind)
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"no prepared {kind} data in {folder}; run the 'prepare' stage first")
+    h = hashlib.sha1()
+    for path in files:
+        h.update(path.name.encode() + b"\0")
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()

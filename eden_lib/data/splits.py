@@ -24,3 +24,19 @@ def carve_validation(meta: pd.DataFrame, val_fraction: float, seed: int) -> pd.S
     split = meta["split"].map({"train_val": "train", "test": "test"})
     split[meta["patient_id"].isin(val_patients)] = "val"
     return split
+
+
+def patient_holdout(patient_ids: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, test)`` of a random patient-level hold-out: ``test_fraction`` of the patients are test.
+
+    Args:
+        patient_ids: ``(N,)`` patient of each image.
+        test_fraction: fraction of the patients (not images) held out, in (0, 1).
+        seed: seeds the patient draw.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    patients = np.unique(patient_ids)
+    held = rng(seed, "patient_holdout").permutation(patients)[: int(round(test_fraction * len(patients)))]
+    test = np.isin(patient_ids, held)
+    return np.flatnonzero(~test), np.flatnonzero(test)

@@ -357,7 +357,7 @@ def chest_attenuation(
 
     Elementwise in the pixels: ``u, v, tex`` may be ``(B, H, W)`` grids or single pixels ``(B, 1, 1)``.
     """
-    out = render_anatomy(a, u, v, vessels, eps)
+    out = render_anatomy(a, u, v, vessels, tex, eps)
     att, mark = out["att"], out["markings"]
     draw_findings(att, mark, out, a, les, u, v, tex, eps)
     return att + mark, out["masks"]

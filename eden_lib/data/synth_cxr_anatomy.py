@@ -52,7 +52,8 @@ N_VESSEL_BINS = 256  # angular resolution of the vessel tables
 
 # attenuation of each tissue, in units of a full-thickness chest of soft tissue
 SOFT, AIR_LUNG, ABDOMEN, AIRWAY = 1.0, 0.62, 0.15, 0.16
-RIB, ANTERIOR_RIB, SPINE, CLAVICLE, BREAST, VESSEL, HILUM = 0.15, 0.06, 0.11, 0.24, 0.40, 0.22, 0.10
+RIB, ANTERIOR_RIB, SPINE, CLAVICLE, BREAST, VESSEL, HILUM = 0.15, 0.06, 0.11, 0.24, 0.45, 0.22, 0.10
+BREAST_TEXTURE = 0.5  # heterogeneous (fibroglandular) density of breast shadows, relative to their mean
 
 
 @dataclass
@@ -175,7 +176,7 @@ def rib_centre(a: Anatomy, k: int, x: np.ndarray | float, like: np.ndarray | Non
 
 
 def render_anatomy(
-    a: Anatomy, u: np.ndarray, v: np.ndarray, vessels: np.ndarray, eps: float
+    a: Anatomy, u: np.ndarray, v: np.ndarray, vessels: np.ndarray, tex: np.ndarray, eps: float
 ) -> dict[str, np.ndarray]:
     """Attenuation of the normal chest and the fields findings are drawn against.
 
@@ -183,6 +184,7 @@ def render_anatomy(
         a: parameters of ``B`` images.
         u, v: canonical coordinates ``(B, ...)`` (float32).
         vessels: ``(B, 2, 2, N_VESSEL_BINS)`` angular vessel profiles: (central, peripheral) x (right, left).
+        tex: low-frequency texture like ``u`` (about unit s.d.): the heterogeneous density of breast shadows.
         eps: edge softness in canonical units (about one pixel).
 
     Returns:
@@ -243,12 +245,13 @@ def render_anatomy(
     markings = VESSEL * lung * np.exp(-r / 0.45) * (near * central + (1.0 - near) * peripheral)
     att += HILUM * lung * np.exp(-(r / 0.09) ** 2)
 
-    # breast shadows over the lower lateral zones
+    # breast shadows over the lower lateral zones; their patchy density hides lower-zone opacities in women
     br = 0.3 * c(0.5 * (a.w_r + a.w_l)) / 0.72
     for side in (RIGHT, LEFT):
         w = side_param(a, "w", side, u)
         rho = np.sqrt((u - side * 0.62 * w) ** 2 + (v - c(a.dia_r) + 0.02) ** 2) / br
-        att += BREAST * c(a.breast) * np.sqrt(np.clip(1.0 - rho**2, 0.0, 1.0)) * ramp(1.0 - rho, 4 * eps / br)
+        shadow = np.sqrt(np.clip(1.0 - rho**2, 0.0, 1.0)) * ramp(1.0 - rho, 4 * eps / br)
+        att += BREAST * c(a.breast) * shadow * np.maximum(1.0 + BREAST_TEXTURE * tex, 0.0)
 
     # gastric bubble under the left hemidiaphragm, with a flat air-fluid level
     bu, bv = 0.5 * c(a.w_l), c(a.dia_l) + 0.1

@@ -22,6 +22,7 @@ FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Pneumothorax", "Consolid
 """Modelled findings, spelled as the NIH ChestX-ray14 labels; ``labels[:, k]`` is ``FINDINGS[k]``."""
 
 CTR_THRESHOLD = 0.5  # cardiomegaly: cardiothoracic ratio above this
+CTR_READER_SD = 0.02  # the CTR a reader measures on one film: the true ratio plus this much noise
 
 
 @dataclass
@@ -63,7 +64,8 @@ def sample_findings(
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Labels ``(N, K)`` uint8, unplaced lesion parameters and hemidiaphragm elevation ``(N, 2)`` (right, left).
 
-    Cardiomegaly follows the CTR; nodule and mass are chronic (per patient, same place on follow-ups); the
+    Cardiomegaly follows the CTR as one reading of the film measures it (true CTR + ``CTR_READER_SD`` noise, drawn per
+    image, so near the threshold follow-ups disagree as readers do); nodule and mass are chronic (per patient, same place on follow-ups); the
     others are acute (per image). Prevalence rises with age; pneumothorax is commoner in men when sex_effect > 0.
     """
     n, n_p, se = len(pid), len(site_p), float(cfg.sex_effect)
@@ -76,30 +78,30 @@ def sample_findings(
     present = g.random((n, len(FINDINGS))) < prev[pid]
     present[:, FINDINGS.index("Nodule")] = chronic[pid, 0]
     present[:, FINDINGS.index("Mass")] = chronic[pid, 1]
-    present[:, FINDINGS.index("Cardiomegaly")] = params["ctr"] > CTR_THRESHOLD
+    present[:, FINDINGS.index("Cardiomegaly")] = params["ctr"] + g.normal(0, CTR_READER_SD, n) > CTR_THRESHOLD
     on = {f: present[:, i] for i, f in enumerate(FINDINGS)}
 
     def side(p_right: float, size: int = n) -> np.ndarray:
         return np.where(g.random(size) < p_right, RIGHT, LEFT)
 
     eff_side = g.choice(np.array([1, 2, 3]), n, p=[0.4, 0.3, 0.3])  # right, left, both
-    eff_h = 0.01 + 0.09 * g.beta(1.2, 3.5, n)
+    eff_h = 0.02 + 0.10 * g.beta(1.2, 3.5, n)
     ptx_side = side(0.5)
-    ptx_g = 0.02 + 0.18 * g.beta(1.3, 3.0, n)
+    ptx_g = 0.015 + 0.14 * g.beta(1.3, 3.0, n)
     atel_side = side(0.45)
-    elev = on["Atelectasis"] * g.uniform(0.0, 0.05, n)
+    elev = on["Atelectasis"] * g.uniform(0.01, 0.06, n)
     les = dict(
         eff_r=on["Effusion"] * (eff_side != 2) * eff_h * g.uniform(0.6, 1.0, n),
         eff_l=on["Effusion"] * (eff_side != 1) * eff_h * g.uniform(0.6, 1.0, n),
         ptx_r=on["Pneumothorax"] * (ptx_side < 0) * ptx_g,
         ptx_l=on["Pneumothorax"] * (ptx_side > 0) * ptx_g,
         cons_side=side(0.55), cons_t=g.beta(4.0, 2.0, n), cons_q=g.uniform(0.25, 0.8, n),
-        cons_r=0.05 + 0.12 * g.beta(2.0, 3.0, n), cons_d=on["Consolidation"] * g.uniform(0.18, 0.4, n),
+        cons_r=0.05 + 0.12 * g.beta(2.0, 3.0, n), cons_d=on["Consolidation"] * g.uniform(0.25, 0.5, n),
         atel_side=atel_side, atel_t=g.uniform(0.62, 0.9, n), atel_q=g.uniform(0.35, 0.65, n),
-        atel_len=g.uniform(0.08, 0.2, n), atel_h=0.015 + 0.03 * g.beta(2.0, 3.0, n),
-        atel_tilt=g.normal(0, 0.15, n), atel_d=on["Atelectasis"] * g.uniform(0.25, 0.45, n),
+        atel_len=g.uniform(0.1, 0.24, n), atel_h=0.025 + 0.035 * g.beta(2.0, 3.0, n),
+        atel_tilt=g.normal(0, 0.15, n), atel_d=on["Atelectasis"] * g.uniform(0.35, 0.55, n),
         nod_side=side(0.5, n_p)[pid], nod_t=g.uniform(0.1, 0.85, n_p)[pid], nod_q=g.uniform(0.2, 0.85, n_p)[pid],
-        nod_r=(0.045 + 0.035 * g.beta(2.0, 2.0, n_p))[pid], nod_d=on["Nodule"] * g.uniform(0.3, 0.5, n_p)[pid],
+        nod_r=(0.05 + 0.035 * g.beta(2.0, 2.0, n_p))[pid], nod_d=on["Nodule"] * g.uniform(0.4, 0.6, n_p)[pid],
         mass_side=side(0.5, n_p)[pid], mass_t=g.uniform(0.15, 0.8, n_p)[pid], mass_q=g.uniform(0.25, 0.75, n_p)[pid],
         mass_r=(0.08 + 0.07 * g.beta(2.0, 2.0, n_p))[pid], mass_d=on["Mass"] * g.uniform(0.28, 0.45, n_p)[pid],
     )
@@ -156,7 +158,7 @@ def draw_findings(
             level = c(a.dia_l if s > 0 else a.dia_r) + COSTOPHRENIC_DROP - h - 0.7 * h * rel**2 - 0.02 * rel
             hemi = ramp(e["lat"][idx] + 0.01 - x, eps) * ramp(x - med, eps)
             fluid = hemi * np.clip((vv - level) / (0.5 * h + 0.015), 0.0, 1.0) * ramp(level + 1.6 * h + 0.05 - vv, eps)
-            att[idx] += 0.2 * fluid
+            att[idx] += 0.26 * fluid
             mark[idx] *= 1.0 - 0.8 * fluid
         # pneumothorax: no lung (and no markings) between chest wall and a thin visceral pleural line
         idx, c = each(getattr(les, f"ptx_{name}") > 0)
@@ -165,7 +167,7 @@ def draw_findings(
             dist = np.minimum(e["lat"][idx] - e["x"][idx], v[idx] - e["dome"][idx])
             air = lung[idx] * ramp(gap - dist, eps)
             line = lung[idx] * np.exp(-(((dist - gap) / 0.005) ** 2))
-            att[idx] += -0.18 * air + 0.1 * line + 0.25 * gap * (lung[idx] - air)
+            att[idx] += -0.15 * air + 0.08 * line + 0.25 * gap * (lung[idx] - air)
             mark[idx] *= 1.0 - air
 
     def lung_of(idx: np.ndarray, side: np.ndarray) -> np.ndarray:

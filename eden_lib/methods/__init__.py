@@ -13,13 +13,17 @@ from eden_lib.methods.dino import Dino
 from eden_lib.methods.models_genesis import ModelsGenesis
 from eden_lib.methods.moco_v2 import MoCoV2
 from eden_lib.methods.scratch import Scratch
+from eden_lib.methods.semantic_genesis import SemanticGenesis
 from eden_lib.methods.simsiam import SimSiam
 from eden_lib.methods.supervised import Supervised
+from eden_lib.methods.transvw import TransVW
 
 METHODS: dict[str, type[Method]] = {
     "scratch": Scratch,
     "supervised": Supervised,
     "models_genesis": ModelsGenesis,
+    "transvw": TransVW,
+    "semantic_genesis": SemanticGenesis,
     "moco_v2": MoCoV2,
     "barlow_twins": BarlowTwins,
     "simsiam": SimSiam,

@@ -46,10 +46,15 @@ def build_context(cfg: dict, dims: int, n_labels: int):
 
 
 def fingerprint(cfg: dict, method: str, dims: int) -> str:
-    """Identifies everything that shapes a pretraining run; a checkpoint is resumed only under the same one."""
+    """Identifies everything that shapes a pretraining run: its parameters and the bytes of the prepared data it
+    trains on (so a regenerated data set never resumes a checkpoint of the old one). A checkpoint is resumed only
+    under the same fingerprint."""
+    from eden_lib.data.prepared import digest
+
     keys = {k: cfg[k] for k in ("seed", "data", "pretrain")}
     keys["method"] = cfg["methods"][method]
     keys["dims"] = dims
+    keys["data_digest"] = digest("cxr" if dims == 2 else "ct")
     return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()
 
 
@@ -130,6 +135,15 @@ def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None
     }
 
 
+def loss_terms(history: list[dict]) -> dict[str, dict[str, float]]:
+    """The parts of a composite loss (``loss_<term>`` epoch means, e.g. CAiD's ``loss_dis`` and ``loss_res``).
+
+    ``{"dis": {"first": ..., "final": ...}, ...}``; empty for a single-term loss.
+    """
+    keys = [k for k in (history[0] if history else {}) if k.startswith("loss_")]
+    return {k.removeprefix("loss_"): {"first": history[0][k], "final": history[-1][k]} for k in keys}
+
+
 def run_pretrain(cfg: dict, name: str, stop_after_epochs: int | None = None) -> pd.DataFrame:
     """Pretrain ``name`` in each of its dimensions; write metrics and the loss-curve table. Returns the curve."""
     from eden_lib.methods import validate_method_config
@@ -159,6 +173,7 @@ def run_pretrain(cfg: dict, name: str, stop_after_epochs: int | None = None) -> 
                 "epochs": len(r["history"]),
                 "first_loss": r["history"][0]["loss"] if r["history"] else None,
                 "final_loss": r["history"][-1]["loss"] if r["history"] else None,
+                "terms": loss_terms(r["history"]),
             }
             for r in results
         },
