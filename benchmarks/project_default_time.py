@@ -8,8 +8,7 @@ method that has not run yet, a projection: its pretraining is timed for ``--step
 shapes (after one warm-up step) and scaled to its budget (``pretrain.image_passes_2d`` / ``volume_passes_3d``
 encoder passes); its transfer stage is projected as the median of the measured transfer stages (without the CT
 tasks for a 2D-only method). Each notebook adds a kernel start-up and DVC's own per-stage work (``--startup``
-seconds: measured 6 s per stage with ``papermill --engine eden``, 25.3 min wall for 23.0 min of stage work over 22
-stages).
+seconds: measured 6 s per stage with ``papermill --engine eden``).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ def _measured(stage: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _fake_batch(kind: str, cfg: dict, batch_size: int) -> dict:
+def _fake_batch(kind: str, cfg: dict, batch_size: int, dims: int) -> dict:
     import torch
 
     d = cfg["data"]
@@ -46,6 +45,10 @@ def _fake_batch(kind: str, cfg: dict, batch_size: int) -> dict:
     if kind == "cxr_images":
         s = d["image_size"]
         return {"image": torch.rand(batch_size, 1, s, s, generator=g), "label": torch.zeros(batch_size, n_labels)}
+    if kind == "visual_words":  # crops of the sub-volume size (3D) or the training size (2D), integer words
+        shape = d["ct"]["subvolume"] if dims == 3 else [d["image_size"]] * 2
+        return {"image": torch.rand(batch_size, 1, *shape, generator=g),
+                "label": torch.zeros(batch_size, dtype=torch.long)}
     shape = d["ct"]["subvolume"] if kind == "ct_subvolumes" else [d["ct"]["cube_size"]] * 3
     return {"image": torch.rand(batch_size, 1, *shape, generator=g), "label": torch.zeros(batch_size, 1)}
 
@@ -70,7 +73,7 @@ def time_pretraining(cfg: dict, name: str, steps: int) -> dict[str, float]:
         total_steps = epochs * math.ceil(budget / (method.cfg.batch_size * method.views) / epochs)
         if hasattr(method, "set_total_steps"):
             method.set_total_steps(total_steps)
-        batch = _fake_batch(method.data[dims], cfg, method.cfg.batch_size)
+        batch = _fake_batch(method.data[dims], cfg, method.cfg.batch_size, dims)
         opt = method.configure_optimizer()
         g = torch.Generator().manual_seed(0)
 
@@ -93,13 +96,14 @@ def time_pretraining(cfg: dict, name: str, steps: int) -> dict[str, float]:
 
 def project(cfg: dict, steps: int, startup: float) -> dict:
     rows = []
-    fixed = ["prepare", "embedding", "bias", "report"]
+    fixed = ["prepare", "self_discovery", "embedding", "bias", "report"]
     transfers = [m["seconds"] for m in (_measured(f"transfer_{x}") for x in cfg["active_methods"]) if m]
     transfer_median = float(np.median(transfers)) if transfers else float("nan")
     for name in cfg["active_methods"]:
         m = _measured(f"pretrain_{name}")
         if m:
-            rows.append({"stage": f"pretrain@{name}", "seconds": m["seconds"] + m.get("train_seconds", 0.0),
+            # a resumed run's notebook time holds only the rest; train_seconds sums the epochs of every session
+            rows.append({"stage": f"pretrain@{name}", "seconds": max(m["seconds"], m.get("train_seconds", 0.0)),
                          "source": "measured"})
         else:
             parts = time_pretraining(cfg, name, steps)

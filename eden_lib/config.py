@@ -23,7 +23,7 @@ import yaml
 from eden_lib import paths
 
 #: Profiles DVC may resolve ``profiles.${profile}.<section>`` against: each must declare every section below.
-SECTIONS = ("data", "pretrain", "methods", "transfer", "tasks", "embedding", "bias", "report")
+SECTIONS = ("data", "self_discovery", "pretrain", "methods", "transfer", "tasks", "embedding", "bias", "report")
 TOP_LEVEL = ("profile", "seed", "active_methods", *SECTIONS, "profiles")
 
 
@@ -127,6 +127,10 @@ def _get(cfg: Mapping, dotted: str) -> Any:
     return node
 
 
+#: transfer protocols; ``finetune_encoder``: only the pretrained encoder is loaded, the decoder starts fresh
+PROTOCOLS = ("linear_probe", "finetune", "finetune_encoder")
+
+
 def _validate(cfg: dict, source: str) -> None:
     for key, (ok, allowed) in CHECKS.items():
         try:
@@ -147,9 +151,9 @@ def _validate(cfg: dict, source: str) -> None:
     tasks = cfg["tasks"]
     for name, block in tasks.items():
         for proto in block.get("protocols", []):
-            if proto not in ("linear_probe", "finetune"):
+            if proto not in PROTOCOLS:
                 raise ConfigError(
-                    f"{source}: 'tasks.{name}.protocols' has {proto!r}; allowed: 'linear_probe', 'finetune'"
+                    f"{source}: 'tasks.{name}.protocols' has {proto!r}; allowed: {', '.join(map(repr, PROTOCOLS))}"
                 )
 
 
@@ -176,8 +180,7 @@ def read_raw(path: str | Path | None = None) -> dict:
             raise ConfigError(
                 f"{path}: profile '{name}' must declare every section (use {{}} for none); missing {lacking}"
             )
-    for name, block in raw["profiles"].items():
-        lacking = [m for m in raw["active_methods"] if m not in (block["methods"] or {})]
+        lacking = [m for m in raw["active_methods"] or [] if m not in (block["methods"] or {})]
         if lacking:
             raise ConfigError(
                 f"{path}: profile '{name}' must give every active method an override block under 'methods' "
@@ -223,4 +226,7 @@ def load_params(
 
         for method in cfg["active_methods"]:
             validate_method_config(method, cfg["methods"][method])
+        from eden_lib.pipeline.self_discovery import check_classes
+
+        check_classes(cfg)
     return cfg

@@ -123,3 +123,23 @@ def test_auxiliary_optimizer_state_is_checkpointed_and_resumed(tmp_path):
     resumed = _run_aux(tmp_path / "split")  # Adam restarted from empty moments would end elsewhere
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+
+
+class DenormalProbe(TinyRegression):
+    """Records what a float32 denormal (1e-40) becomes inside a training step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[float] = []
+
+    def forward(self, batch, generator):
+        tiny = torch.full((1,), 1e-38) * torch.full((1,), 1e-2)  # 1e-40: below float32's normal range
+        self.seen.append(float(tiny))
+        return super().forward(batch, generator)
+
+
+def test_denormals_are_flushed_during_training_only(tmp_path):
+    model = DenormalProbe()
+    fit(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), TrainConfig(epochs=1, seed=0, verbose=False))
+    assert model.seen and all(v == 0.0 for v in model.seen)
+    assert float(torch.full((1,), 1e-38) * torch.full((1,), 1e-2)) > 0  # restored afterwards

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from eden_lib.transforms import genesis
 from eden_lib.transforms.genesis import (
     GenesisConfig,
     bezier_intensity,
@@ -137,22 +138,46 @@ def test_single_block_permutes_one_small_box():
             assert (extent <= torch.tensor([4, 4, 2])).all()
 
 
-def test_every_voxel_comes_from_its_own_block_neighbourhood():
-    """Each output voxel is read from the same sample within one block side (< dim//10) along every axis."""
-    spatial = (40, 30, 20)
-    x = distinct(3, spatial)
-    out = local_pixel_shuffle(x, torch.ones(3, dtype=torch.bool), gen(6), n_blocks=2000)
+def source_steps(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``(numel, 1 + spatial_dims)``: |source - destination| per (sample, *spatial) axis of every output voxel of a
+    single-channel ``distinct`` batch ``x`` shuffled into ``out``."""
     where = torch.empty(x.numel(), dtype=torch.long)
     where[(x.flatten() * x.numel()).round().long()] = torch.arange(x.numel())
     source = where[(out.flatten() * x.numel()).round().long()]
-    dest = torch.arange(x.numel())
-    grid = (3, *spatial)
+    grid = (x.shape[0], *x.shape[2:])
     src_c = torch.stack(torch.unravel_index(source, grid), 1)
-    dst_c = torch.stack(torch.unravel_index(dest, grid), 1)
-    step = (src_c - dst_c).abs()
+    dst_c = torch.stack(torch.unravel_index(torch.arange(x.numel()), grid), 1)
+    return (src_c - dst_c).abs()
+
+
+def test_every_voxel_comes_from_its_own_block_neighbourhood():
+    """Each output voxel is read from the same sample within one block side (< dim//10) along every axis."""
+    x = distinct(3, (40, 30, 20))
+    step = source_steps(x, local_pixel_shuffle(x, torch.ones(3, dtype=torch.bool), gen(6), n_blocks=2000))
     assert (step[:, 0] == 0).all()
     assert (step[:, 1:] < torch.tensor([4, 3, 2])).all()
     assert (step[:, 1:] > 0).any()
+
+
+def test_shuffle_with_keys_beyond_int32_stays_local():
+    """70,000 blocks on 40x40x20 need 64-bit write keys (time << 15 + voxel); the result stays a local shuffle, and
+    with every voxel covered it stays put only when its last block maps it to itself: 1 / E[n] = 1 / 9.375."""
+    x = distinct(2, (40, 40, 20))
+    out = local_pixel_shuffle(x, torch.ones(2, dtype=torch.bool), gen(13), n_blocks=70_000)
+    step = source_steps(x, out)
+    assert (step[:, 0] == 0).all()
+    assert (step[:, 1:] < torch.tensor([4, 4, 2])).all()
+    assert 0.87 < (out != x).float().mean() < 0.92
+
+
+def test_single_block_shuffle_is_a_uniform_permutation():
+    """A uniform permutation of n voxels has one fixed point on average, so one block of side U{1..4} x U{1..4}
+    moves E[n] - 1 = 5.25 voxels (a cyclic, Sattolo-style shuffle would move 6.19, no shuffle 0)."""
+    x = distinct(4000, (40, 40))
+    out = local_pixel_shuffle(x, torch.ones(4000, dtype=torch.bool), gen(14), n_blocks=1)
+    moved = (out != x).flatten(1).sum(1).float()
+    assert abs(moved.mean().item() - 5.25) < 0.3
+    assert (source_steps(x, out)[:, 1:] < 4).all()
 
 
 def test_changed_fraction_matches_the_official_loop():
@@ -193,6 +218,18 @@ def test_bezier_is_monotone_per_sample_with_both_branches():
     assert torch.allclose(out[increasing, 0], torch.tensor(0.0)) and torch.allclose(out[increasing, -1], torch.tensor(1.0))
     assert torch.allclose(out[decreasing, 0], torch.tensor(1.0)) and torch.allclose(out[decreasing, -1], torch.tensor(0.0))
     assert 0.4 < decreasing.float().mean() < 0.6
+
+
+@pytest.mark.parametrize("cache_bytes", [1, 1 << 40])
+def test_results_do_not_depend_on_cpu_cache_chunking(monkeypatch, cache_bytes):
+    """Chunks of 1 sample (or curve) or the whole batch at once give the same tensors for the same seed."""
+    x = distinct(16, (32, 32, 16))
+    ops = OPS[1:4] + [lambda x, a, g: torch.from_numpy(
+        bezier_lut(torch.rand(9, 2, 2, generator=g, dtype=torch.float64), a[:9], 20_000).numpy())]
+    default = [op(x, MIXED, gen(15)) for op in ops]
+    monkeypatch.setattr(genesis, "CACHE_BYTES", cache_bytes)
+    for op, expected in zip(ops, default):
+        assert torch.equal(op(x, MIXED, gen(15)), expected)
 
 
 def test_bezier_rejects_values_outside_unit_range():

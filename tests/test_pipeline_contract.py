@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DVC = str(Path(sys.executable).parent / "dvc")
 STAGE_NOTEBOOK = {
     "prepare": "00_prepare",
+    "self_discovery": "05_self_discovery",
     "pretrain": "10_pretrain",
     "transfer": "20_transfer",
     "embedding": "30_embedding",
@@ -33,7 +34,7 @@ def test_dvc_lists_exactly_the_stages_the_config_resolves():
                          env={**os.environ, "DVC_NO_ANALYTICS": "1"}, check=True).stdout.split()
     for profile in ("synthetic", "smoke", "extended", "paper"):
         methods = load_params(profile=profile, validate_methods=False)["active_methods"]
-        expected = ["prepare", *(f"pretrain@{m}" for m in methods), *(f"transfer@{m}" for m in methods),
+        expected = ["prepare", "self_discovery", *(f"pretrain@{m}" for m in methods), *(f"transfer@{m}" for m in methods),
                     "embedding", "bias", "report"]
         assert sorted(out) == sorted(expected), profile
 

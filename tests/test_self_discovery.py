@@ -222,10 +222,11 @@ def test_embedding_is_deterministic_and_groups_similar_patients(dims):
     vols, groups = _groups(4, shape)
     kw = dict(ae_size=(16, 16, 8), ae_width=2) if dims == 3 else dict(ae_size=(64, 64), ae_width=4)
     cfg = SelfDiscoveryConfig(spatial_dims=dims, crop_size=(8,) * dims, ae_epochs=2, ae_batch_size=8, seed=0, **kw)
-    emb = embed_patients(vols, cfg)
+    emb, history = embed_patients(vols, cfg)
     assert emb.shape == (16, 32) and emb.dtype == np.float32 and np.isfinite(emb).all()
-    np.testing.assert_array_equal(emb, embed_patients(vols, cfg))
-    assert not np.array_equal(emb, embed_patients(vols, dataclasses.replace(cfg, seed=1)))
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+    np.testing.assert_array_equal(emb, embed_patients(vols, cfg)[0])
+    assert not np.array_equal(emb, embed_patients(vols, dataclasses.replace(cfg, seed=1))[0])
     d = cdist(emb, emb) + np.diag(np.full(16, np.inf))
     nearest = np.argsort(d, axis=1)[:, :3]
     assert (groups[nearest] == groups[:, None]).mean() >= 0.9

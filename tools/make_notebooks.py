@@ -44,6 +44,21 @@ NOTEBOOKS: dict[str, tuple[str, str, list[str]]] = {
             "timer.write()",
         ],
     ),
+    "05_self_discovery": (
+        "# Self-discovery of visual words (TransVW / Semantic Genesis)\n\nAn auto-encoder embeds the training "
+        "patients; each visual-word class takes a reference patient, its nearest neighbours and one anchor that passes "
+        "the Models Genesis lung test; the same coordinates are cropped from every member at three scales. Done once "
+        "for both methods, in the dimensions they pretrain in (nothing when neither is active). Reads params: `seed`, "
+        "`data`, `self_discovery`, `methods.transvw`, `methods.semantic_genesis`.",
+        "profile = None  # None: the profile named in params.yaml",
+        [
+            SETUP.format(timer='"self_discovery"'),
+            "from eden_lib.pipeline.self_discovery import run_self_discovery\n\nsummary = run_self_discovery(cfg)\n"
+            "summary",
+            "from eden_lib.pipeline.self_discovery import save_word_figures\n\nsave_word_figures()",
+            "timer.write()",
+        ],
+    ),
     "10_pretrain": (
         "# Pretrain one method\n\nPretrains `method` in each spatial dimension it supports, with the shared budget "
         "in encoder passes; resumes from `data/checkpoints/<method>/` after a kill. Reads params: `seed`, `data`, "
@@ -106,7 +121,7 @@ NOTEBOOKS: dict[str, tuple[str, str, list[str]]] = {
             REPORT_SETUP,
             "from eden_lib import paths\nfrom eden_lib.pipeline.report import build_report, transfer_runs\nfrom eden_lib.reporting import figures"
             "\n\nruns = transfer_runs(cfg)\nfig = figures.metric_bars(runs, x=\"setting\", y=\"value\", hue=\"method\", "
-            "col=\"task\", title=\"Transfer: mean AUC / Dice over classes, ± sd over seeds\")\n"
+            "col=\"task\", title=\"Transfer: mean AUC / Dice / IoU over classes, ± sd over seeds\")\n"
             "figures.save(fig, paths.figures_dir(\"report\") / \"transfer.png\")",
             "from IPython.display import Markdown\n\nMarkdown(build_report(cfg))",
         ],

@@ -74,6 +74,11 @@ def render_batches(
     return factory
 
 
+def _samples(array: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """Rows of an (M, *spatial) array in [0, 1] (any float dtype, e.g. a float16 memory map) -> (B, 1, *spatial)."""
+    return torch.from_numpy(np.asarray(array[rows], dtype=np.float32)).unsqueeze(1)
+
+
 def volume_batches(
     volumes: np.ndarray, labels: np.ndarray | None, indices: np.ndarray, batch_size: int, steps: int
 ) -> BatchFactory:
@@ -82,9 +87,22 @@ def volume_batches(
     def factory(epoch: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
         for idx in _permuted_batches(len(indices), batch_size, steps, generator):
             rows = indices[idx]
-            batch = {"image": torch.from_numpy(np.asarray(volumes[rows], dtype=np.float32)).unsqueeze(1)}
+            batch = {"image": _samples(volumes, rows)}
             if labels is not None:
                 batch["label"] = torch.from_numpy(np.asarray(labels[rows], dtype=np.float32)).reshape(-1, 1)
             yield batch
+
+    return factory
+
+
+def class_batches(samples: np.ndarray, labels: np.ndarray, batch_size: int, steps: int) -> BatchFactory:
+    """Batches of crops (M, *spatial) in [0, 1] with class indices (M,) -> ``image`` (B, 1, *spatial) float32 and
+    ``label`` (B,) int64 (e.g. the visual words of self-discovery, 2D or 3D)."""
+    if len(samples) != len(labels):
+        raise ValueError(f"{len(samples)} samples but {len(labels)} labels")
+
+    def factory(epoch: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        for rows in _permuted_batches(len(samples), batch_size, steps, generator):
+            yield {"image": _samples(samples, rows), "label": torch.from_numpy(np.asarray(labels[rows], np.int64))}
 
     return factory

@@ -4,9 +4,14 @@
 (bit i = ``info["masks"][i]``), ``landmarks.npy`` float32 (N, L, 2) as (x, y) pixels, ``labels.npy`` float32 (N, K)
 (NaN = unknown), ``meta.csv`` (image_index, patient_id, sex, age, site, split) and ``info.json``.
 
-``data/prepared/ct/``: ``subvolumes.npy`` float16 (M, X, Y, Z) in [0, 1] from training scans (Models Genesis),
-``candidates.npy`` float16 (C, S, S, S) in [0, 1], ``candidates.csv`` (seriesuid, label, split, coordX/Y/Z) and
-``info.json``.
+``data/prepared/ct/``: every cube is stored in (x, y, z) order, the Models Genesis convention (the LUNA16 loader
+reads (z, y, x); ``prepare`` transposes), so the 3D networks see the same axes in pretraining and at transfer.
+``subvolumes.npy`` float16 (M, X, Y, Z) in [0, 1] from training scans (Models Genesis); ``candidates.npy`` float16
+(C, S, S, S) in [0, 1] and ``candidates.csv`` (seriesuid, label, subset, coordX/Y/Z, split); ``nodules.npy`` float16
+(K, X, Y, Z) in [0, 1] with ``nodule_masks.npy`` uint8 (K, X, Y, Z) in {0, 1}: jittered crops around the annotated
+nodules (Models Genesis "NCS", 3D segmentation), and ``nodules.csv`` (seriesuid, subset, split, coordX/Y/Z,
+diameter_mm, nodule, shift_x/y/z: annotation row, voxels the nodule centre lies off the cube centre); zero rows
+with ``info["nodule_masks"] = false`` where the data set has no nodule masks (real LUNA16); and ``info.json``.
 """
 
 from __future__ import annotations
@@ -43,10 +48,17 @@ class PreparedCT:
     subvolumes: np.ndarray
     candidates: np.ndarray
     candidate_meta: pd.DataFrame
+    nodules: np.ndarray
+    nodule_masks: np.ndarray
+    nodule_meta: pd.DataFrame
     info: dict
 
     def candidate_indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.candidate_meta["split"].to_numpy() == split)
+
+    def nodule_indices(self, split: str) -> np.ndarray:
+        """Rows of ``nodules`` in ``split`` (``train`` or ``test``); empty when the data set has no nodule masks."""
+        return np.flatnonzero(self.nodule_meta["split"].to_numpy() == split)
 
 
 def _save_json(obj: dict, path: Path) -> None:
@@ -63,11 +75,16 @@ def write_cxr(out: Path, images, masks, landmarks, labels, meta: pd.DataFrame, i
     _save_json(info, out / "info.json")
 
 
-def write_ct(out: Path, subvolumes, candidates, candidate_meta: pd.DataFrame, info: dict) -> None:
+def write_ct(out: Path, subvolumes, candidates, candidate_meta: pd.DataFrame, nodules, nodule_masks,
+             nodule_meta: pd.DataFrame, info: dict) -> None:
+    """Write the CT cache (layout in the module docstring); every cube array already in (x, y, z) order."""
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "subvolumes.npy", np.asarray(subvolumes, dtype=np.float16))
     np.save(out / "candidates.npy", np.asarray(candidates, dtype=np.float16))
     candidate_meta.to_csv(out / "candidates.csv", index=False)
+    np.save(out / "nodules.npy", np.asarray(nodules, dtype=np.float16))
+    np.save(out / "nodule_masks.npy", np.asarray(nodule_masks, dtype=np.uint8))
+    nodule_meta.to_csv(out / "nodules.csv", index=False)
     _save_json(info, out / "info.json")
 
 
@@ -93,11 +110,15 @@ def load_cxr(folder: Path | None = None) -> PreparedCXR:
 
 def load_ct(folder: Path | None = None) -> PreparedCT:
     folder = folder or paths.prepared_dir("ct")
-    _need(folder, ["subvolumes.npy", "candidates.npy", "candidates.csv", "info.json"])
+    _need(folder, ["subvolumes.npy", "candidates.npy", "candidates.csv", "nodules.npy", "nodule_masks.npy",
+                   "nodules.csv", "info.json"])
     return PreparedCT(
         subvolumes=np.load(folder / "subvolumes.npy", mmap_mode="r"),
         candidates=np.load(folder / "candidates.npy", mmap_mode="r"),
         candidate_meta=pd.read_csv(folder / "candidates.csv"),
+        nodules=np.load(folder / "nodules.npy", mmap_mode="r"),
+        nodule_masks=np.load(folder / "nodule_masks.npy", mmap_mode="r"),
+        nodule_meta=pd.read_csv(folder / "nodules.csv"),
         info=json.loads((folder / "info.json").read_text()),
     )
 

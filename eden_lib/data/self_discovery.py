@@ -222,16 +222,17 @@ def train_autoencoder(images: torch.Tensor, cfg: SelfDiscoveryConfig) -> tuple[A
     return model, history
 
 
-def embed_patients(volumes: Sequence[Any] | np.ndarray, cfg: SelfDiscoveryConfig, chunk: int = 16) -> np.ndarray:
+def embed_patients(volumes: Sequence[Any] | np.ndarray, cfg: SelfDiscoveryConfig,
+                   chunk: int = 16) -> tuple[np.ndarray, list[dict[str, float]]]:
     """Per-patient embedding ``(N, F)`` float32: train the auto-encoder on the whole resized scans, then pool its
-    bottleneck (eval mode) for every patient."""
+    bottleneck (eval mode) for every patient. Also returns the auto-encoder's per-epoch history (``loss``...)."""
     images = resize_volumes(volumes, cfg)
-    model, _ = train_autoencoder(images, cfg)
+    model, history = train_autoencoder(images, cfg)
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
         feats = [model.embed(images[i:i + chunk].to(device)).float().cpu() for i in range(0, len(images), chunk)]
-    return torch.cat(feats).numpy()
+    return torch.cat(feats).numpy(), history
 
 
 # ---------------------------------------------------------------- discovery

@@ -2,7 +2,8 @@
 
 Linear probes on each method's frozen radiograph features are trained on male-only, female-only and balanced
 training sets of the same size, and evaluated per sex on the held-out test set; the male - female AUC gap comes
-with a bootstrap confidence interval. Repeated over the transfer seeds (training subsamples and bootstrap).
+with a bootstrap confidence interval. Repeated over the transfer seeds (training subsamples and bootstrap). Methods
+that pretrained only 3D (no 2D features) are left out and named in the metrics file.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pandas as pd
 from eden_lib import paths
 from eden_lib.analysis.bias import bias_study
 from eden_lib.data import prepared
+from eden_lib.pipeline.embedding import methods_2d
 
 
 def run_bias(cfg: dict) -> pd.DataFrame:
@@ -26,7 +28,8 @@ def run_bias(cfg: dict) -> pd.DataFrame:
     test = np.intersect1d(cxr.split_indices("test"), np.flatnonzero(known))
     b = cfg["bias"]
     frames = []
-    for method in cfg["active_methods"]:
+    methods, left_out = methods_2d(cfg)
+    for method in methods:
         with np.load(paths.features_file(method)) as npz:
             x = npz["cxr"]
         for seed in cfg["transfer"]["seeds"]:
@@ -49,7 +52,8 @@ def run_bias(cfg: dict) -> pd.DataFrame:
         }
         for method, part in mean_rows.groupby("method", sort=False)
     }
-    write_json({"profile": cfg["profile"], "sex_effect": cfg["data"]["cxr"]["sex_effect"], "summary": summary},
+    write_json({"profile": cfg["profile"], "sex_effect": cfg["data"]["cxr"]["sex_effect"], "summary": summary,
+                "left_out_3d_only": left_out},
                paths.metrics_file("bias", "gender"))
     table.to_csv(paths.reports_dir() / "metrics" / "bias" / "gender_runs.csv", index=False)
     return table

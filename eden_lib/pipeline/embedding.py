@@ -3,7 +3,8 @@
 Patches centred on each named landmark of held-out patients are embedded by each method's frozen 2D encoder
 (features written by ``transfer``). Reported per method: kNN landmark-identification accuracy, silhouette score,
 cross-patient landmark matching accuracy, and t-SNE / UMAP maps coloured by landmark. Floors: the randomly
-initialised encoder (``scratch``) and raw pixels with PCA; ceiling: ``supervised``.
+initialised encoder (``scratch``) and raw pixels with PCA; ceiling: ``supervised``. Methods that pretrained only
+3D (no 2D features in their features file, e.g. TransVW) are left out and named in the metrics file.
 """
 
 from __future__ import annotations
@@ -20,11 +21,21 @@ from eden_lib.pipeline.transfer import landmark_patients
 RAW_PIXELS = "raw_pixels_pca"
 
 
-def landmark_features(cfg: dict) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """({method or floor: (P*L, D)}, landmark id (P*L,), patient row (P*L,)) from the features files."""
+def methods_2d(cfg: dict) -> tuple[list[str], list[str]]:
+    """(active methods whose features file holds 2D features ``cxr``, the 3D-only ones left out)."""
+    keep, left_out = [], []
+    for method in cfg["active_methods"]:
+        with np.load(paths.features_file(method)) as npz:
+            (keep if "cxr" in npz else left_out).append(method)
+    return keep, left_out
+
+
+def landmark_features(cfg: dict, methods: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """({method or floor: (P*L, D)}, landmark id (P*L,), patient row (P*L,)) from the features files of
+    ``methods`` (those with 2D features)."""
     feats: dict[str, np.ndarray] = {}
     ids = rows = None
-    for method in cfg["active_methods"]:
+    for method in methods:
         with np.load(paths.features_file(method)) as npz:
             if "landmark" not in npz:
                 raise ValueError(f"{paths.features_file(method)} has no landmark features (no landmarks in the data)")
@@ -47,7 +58,8 @@ def run_embedding(cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Returns (metrics per method, map coordinates); writes the metrics JSON."""
     from eden_lib.reporting.io import write_json
 
-    feats, ids, rows = landmark_features(cfg)
+    methods, left_out = methods_2d(cfg)
+    feats, ids, rows = landmark_features(cfg, methods)
     names = np.array(prepared.load_cxr().info["landmarks"])
     emb = cfg["embedding"]
     metrics, coords = [], []
@@ -67,6 +79,7 @@ def run_embedding(cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
                                         "landmark": names[ids]}))
     table = pd.DataFrame(metrics)
     write_json({"profile": cfg["profile"], "n_patients": n_patients, "n_landmarks": len(names),
+                "left_out_3d_only": left_out,
                 "methods": {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in metrics}},
                paths.metrics_file("embedding", "landmarks"))
     return table, pd.concat(coords, ignore_index=True)

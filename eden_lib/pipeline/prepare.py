@@ -45,22 +45,35 @@ def _cxr_root(cfg: dict) -> Path:
     return root
 
 
-def _ct_root(cfg: dict) -> Path:
+def luna16_root(cfg: dict) -> Path:
+    """Where the CT data set lies in its LUNA16 layout: ``data.roots.luna16`` (real) or the synthetic copy ``prepare``
+    writes under ``data/raw/synthetic/luna16``."""
     data = cfg["data"]
     if data["source"] == "real":
         root = data["roots"]["luna16"]
         if not root or not Path(root).is_dir():
             raise FileNotFoundError(f"data.roots.luna16 = {root!r} is not a folder (data.source is 'real')")
         return Path(root)
+    return paths.raw_dir("synthetic") / "luna16"
+
+
+def n_train_subsets(cfg: dict) -> int:
+    """CT scans are split by LUNA16 subset (the papers' convention): subsets below this number train, the rest test."""
+    return int(round(10 * (1 - cfg["data"]["ct"]["test_fraction"])))
+
+
+def _ct_root(cfg: dict) -> Path:
+    if cfg["data"]["source"] == "real":
+        return luna16_root(cfg)
     from eden_lib.data.luna16 import write_luna16
     from eden_lib.data.synth_ct import SynthCTConfig, generate_synth_ct
 
-    c = data["ct"]
+    c = cfg["data"]["ct"]
     scans = generate_synth_ct(
         SynthCTConfig(n_scans=c["n_scans"], shape=tuple(c["shape"]), negatives_per_scan=c["negatives_per_scan"]),
         seed=cfg["seed"],
     )
-    root = paths.raw_dir("synthetic") / "luna16"
+    root = luna16_root(cfg)
     write_luna16(root, scans)
     return root
 
@@ -111,30 +124,92 @@ def prepare_cxr(cfg: dict, root: Path) -> pd.DataFrame:
     return meta
 
 
-def prepare_ct(cfg: dict, root: Path) -> pd.DataFrame:
-    """Candidate cubes of every scan and Models Genesis sub-volumes of the training scans.
+NODULE_COLUMNS = ["seriesuid", "subset", "split", "coordX", "coordY", "coordZ", "diameter_mm", "nodule",
+                  "shift_x", "shift_y", "shift_z"]
 
-    Scans are split by LUNA16 subset (the papers' convention): subsets below ``round(10 * (1 - test_fraction))``
-    train, the rest test.
+
+def _nodule_geometry(c: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``data.ct.nodule_patch`` and ``data.ct.nodule_jitter`` as (x, y, z) int arrays, checked."""
+    patch, jitter = np.asarray(c["nodule_patch"]), np.asarray(c["nodule_jitter"])
+    if patch.shape != (3,) or not np.issubdtype(patch.dtype, np.integer) or (patch < 8).any() or (patch % 8).any():
+        raise ValueError(f"params.yaml data.ct.nodule_patch = {c['nodule_patch']!r}: expected [x, y, z] voxels, each "
+                         "a positive multiple of 8 (UNet3D pools three times)")
+    if jitter.shape != (3,) or not np.issubdtype(jitter.dtype, np.integer) or (jitter < 0).any() or (
+            2 * jitter >= patch).any():
+        raise ValueError(f"params.yaml data.ct.nodule_jitter = {c['nodule_jitter']!r}: expected [x, y, z] voxels, each "
+                         f">= 0 and below half of data.ct.nodule_patch {list(patch)} (the nodule must stay inside)")
+    crops = c["nodule_crops_per_train"]
+    if isinstance(crops, bool) or not isinstance(crops, int) or crops < 1:
+        raise ValueError(f"params.yaml data.ct.nodule_crops_per_train = {crops!r}: expected a positive integer")
+    return patch.astype(np.int64), jitter.astype(np.int64)
+
+
+def _crop_xyz(cubes_zyx: np.ndarray, rows: np.ndarray, start: np.ndarray, patch: np.ndarray) -> np.ndarray:
+    """``(K, *patch)`` windows of ``cubes_zyx`` ``(N, Z, Y, X)``, transposed to (x, y, z): window ``k`` of cube
+    ``rows[k]`` starts at ``start[k]`` ``(x, y, z)``."""
+    xyz = np.transpose(cubes_zyx, (0, 3, 2, 1))
+    windows = [xyz[r, sx:sx + patch[0], sy:sy + patch[1], sz:sz + patch[2]] for r, (sx, sy, sz) in zip(rows, start)]
+    return np.stack(windows) if windows else np.zeros((0, *patch), cubes_zyx.dtype)
+
+
+def nodule_crops(cfg: dict, index, n_train: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Jittered cubes and binary masks around every annotated nodule: the Models Genesis "NCS" data on SynthCT.
+
+    A network could learn "the blob at the centre", so each crop's centre is moved off the nodule by a seeded
+    uniform integer shift of at most ``data.ct.nodule_jitter`` voxels per axis. Training nodules (subset below
+    ``n_train``) give ``data.ct.nodule_crops_per_train`` crops each, test nodules one. A data set without nodule
+    masks (real LUNA16) gives zero rows.
+
+    Returns:
+        ``images (K, X, Y, Z)`` float16 in [0, 1], ``masks (K, X, Y, Z)`` uint8 {0, 1} (``data.ct.nodule_patch``),
+        ``meta`` (K rows, :data:`NODULE_COLUMNS`; ``nodule``: the annotation's row, ``shift_*``: voxels the nodule
+        centre lies off the cube centre ``patch // 2``).
     """
-    from eden_lib.data.luna16 import LUNA16Index, extract_candidate_cubes, read_scan
+    from eden_lib.data.luna16 import NODULE_MASK_DIR, extract_nodule_patches
+    from eden_lib.seed import rng
+
+    c = cfg["data"]["ct"]
+    patch, jitter = _nodule_geometry(c)
+    empty = (np.zeros((0, *patch), np.float16), np.zeros((0, *patch), np.uint8), pd.DataFrame(columns=NODULE_COLUMNS))
+    if not (index.root / NODULE_MASK_DIR).is_dir():
+        return empty
+    found = extract_nodule_patches(index, size=tuple(patch + 2 * jitter)[::-1])  # (z, y, x) cubes, centred
+    split = np.where(found["subset"] < n_train, "train", "test")
+    rows = np.repeat(np.arange(len(split)), np.where(split == "train", c["nodule_crops_per_train"], 1))
+    shift = rng(cfg["seed"], "nodule_jitter").integers(-jitter, jitter + 1, size=(len(rows), 3))  # (x, y, z)
+    meta = pd.DataFrame({"seriesuid": found["seriesuid"][rows], "subset": found["subset"][rows], "split": split[rows]})
+    meta[["coordX", "coordY", "coordZ"]] = found["world"][rows]
+    meta["diameter_mm"] = found["diameter_mm"][rows]
+    meta["nodule"] = rows
+    meta[["shift_x", "shift_y", "shift_z"]] = shift
+    start = jitter - shift
+    return _crop_xyz(found["images"], rows, start, patch), _crop_xyz(found["masks"], rows, start, patch), meta
+
+
+def prepare_ct(cfg: dict, root: Path) -> pd.DataFrame:
+    """Candidate cubes of every scan, Models Genesis sub-volumes of the training scans and the nodule-segmentation
+    crops (:func:`nodule_crops`), all in (x, y, z) order (the layout of :mod:`eden_lib.data.prepared`).
+
+    Scans are split by LUNA16 subset (:func:`n_train_subsets`).
+    """
+    from eden_lib.data.luna16 import NODULE_MASK_DIR, LUNA16Index, extract_candidate_cubes, read_scan
     from eden_lib.data.subvolumes import hu_to_unit, sample_subvolumes
     from eden_lib.seed import rng
 
     c = cfg["data"]["ct"]
     index = LUNA16Index(root)
-    n_train_subsets = int(round(10 * (1 - c["test_fraction"])))
+    n_train = n_train_subsets(cfg)
     cubes = extract_candidate_cubes(index, size=c["cube_size"])
     meta = pd.DataFrame({"seriesuid": cubes["seriesuid"], "label": cubes["labels"], "subset": cubes["subset"]})
     meta[["coordX", "coordY", "coordZ"]] = cubes["world"]
-    meta["split"] = np.where(meta["subset"] < n_train_subsets, "train", "test")
+    meta["split"] = np.where(meta["subset"] < n_train, "train", "test")
     if set(meta["split"]) != {"train", "test"}:
         raise ValueError(f"CT candidates of {root} fall into splits {sorted(set(meta['split']))}; "
-                         f"need scans in subsets below and from {n_train_subsets} (data.ct.test_fraction)")
+                         f"need scans in subsets below and from {n_train} (data.ct.test_fraction)")
     generator = rng(cfg["seed"], "subvolumes")
     subvolumes = []
     for uid, path in index.scans.items():
-        if index.subset_of[uid] >= n_train_subsets:
+        if index.subset_of[uid] >= n_train:
             continue
         volume01 = hu_to_unit(np.transpose(read_scan(path).hu, (2, 1, 0)))  # (z, y, x) -> (x, y, z) as the paper
         subvolumes.append(sample_subvolumes(
@@ -146,9 +221,13 @@ def prepare_ct(cfg: dict, root: Path) -> pd.DataFrame:
     if n_sub == 0:
         raise RuntimeError(f"no Models Genesis sub-volume of {root} passed the acceptance test "
                            f"(data.ct.subvolume_max_tissue = {c['subvolume_max_tissue']})")
+    nodules, nodule_masks, nodule_meta = nodule_crops(cfg, index, n_train)
     info = {"source": cfg["data"]["source"], "cube_size": c["cube_size"], "subvolume": list(c["subvolume"]),
-            "n_subvolumes": n_sub}
-    prepared.write_ct(paths.prepared_dir("ct"), np.concatenate(subvolumes), cubes["cubes"], meta, info)
+            "n_subvolumes": n_sub, "axes": "xyz", "nodule_masks": (index.root / NODULE_MASK_DIR).is_dir(),
+            "nodule_patch": list(c["nodule_patch"]), "n_nodule_crops": len(nodule_meta)}
+    candidates = np.transpose(cubes["cubes"], (0, 3, 2, 1))  # (z, y, x) -> (x, y, z), as the sub-volumes
+    prepared.write_ct(paths.prepared_dir("ct"), np.concatenate(subvolumes), candidates, meta, nodules, nodule_masks,
+                      nodule_meta, info)
     return meta
 
 

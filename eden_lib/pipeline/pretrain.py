@@ -47,14 +47,18 @@ def build_context(cfg: dict, dims: int, n_labels: int):
 
 def fingerprint(cfg: dict, method: str, dims: int) -> str:
     """Identifies everything that shapes a pretraining run: its parameters and the bytes of the prepared data it
-    trains on (so a regenerated data set never resumes a checkpoint of the old one). A checkpoint is resumed only
-    under the same fingerprint."""
+    trains on, the visual words of self-discovery included (so a regenerated data set never resumes a checkpoint of
+    the old one). A checkpoint is resumed only under the same fingerprint."""
     from eden_lib.data.prepared import digest
+    from eden_lib.methods import method_class
+    from eden_lib.pipeline.self_discovery import KIND
 
     keys = {k: cfg[k] for k in ("seed", "data", "pretrain")}
     keys["method"] = cfg["methods"][method]
     keys["dims"] = dims
     keys["data_digest"] = digest("cxr" if dims == 2 else "ct")
+    if KIND in method_class(method).data.values():
+        keys["words_digest"] = digest(KIND, paths.data_dir() / KIND / f"{dims}d")
     return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()
 
 
@@ -70,6 +74,11 @@ def _batches(cfg: dict, method, dims: int, steps: int):
     if kind == "cxr_renders":
         cxr = prepared.load_cxr()
         return batches.render_batches(cxr.images, cxr.labels, cxr.split_indices("train"), bs, steps)
+    if kind == "visual_words":
+        from eden_lib.pipeline.self_discovery import load_visual_words
+
+        crops, labels, _ = load_visual_words(dims)
+        return batches.class_batches(crops, labels, bs, steps)
     ct = prepared.load_ct()
     if kind == "ct_subvolumes":
         return batches.volume_batches(ct.subvolumes, None, np.arange(len(ct.subvolumes)), bs, steps)

@@ -13,7 +13,8 @@ from eden_lib import paths
 from eden_lib.analysis.bias import mean_abs_gap
 from eden_lib.evaluation.statistics import best_method, compare_methods
 from eden_lib.reporting.io import read_json
-from eden_lib.reporting.tables import format_comparison_table, markdown_table
+from eden_lib.reporting.tables import GENESIS_METHODS, GENESIS_TASKS, format_comparison_table, genesis_table, \
+    markdown_table
 
 CAVEATS = """\
 > **Read this first.** This is a sanity study on procedurally generated anatomy at small compute (narrow networks,
@@ -27,13 +28,20 @@ CAVEATS = """\
 
 
 def transfer_runs(cfg: dict) -> pd.DataFrame:
+    """Every run of every active method, one row each (a method without runs of a task simply has no rows).
+
+    ``setting`` (the x axis of the transfer figure) is ``"<protocol> <budget>"``, plus ``" <metric>"`` for a task
+    with several metrics (nodule segmentation: dice, iou, keras_mean_iou).
+    """
     frames = []
     for method in cfg["active_methods"]:
         runs = read_json(paths.metrics_file("transfer", method))["runs"]
-        frames.append(pd.DataFrame(runs).drop(columns=["per_class"]).assign(method=method))
+        if runs:
+            frames.append(pd.DataFrame(runs).drop(columns=["per_class"]).assign(method=method))
     df = pd.concat(frames, ignore_index=True)
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
-    df["setting"] = df["protocol"] + " " + df["budget"].astype(str)
+    several = df.groupby("task")["metric"].transform("nunique") > 1
+    df["setting"] = df["protocol"] + " " + df["budget"].astype(str) + np.where(several, " " + df["metric"], "")
     return df
 
 
@@ -55,20 +63,26 @@ def _sentence(cmp: pd.DataFrame, reference: str, metric: str) -> list[str]:
     return lines
 
 
-def reference_comparisons(cfg: dict, runs: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame, pd.DataFrame]]:
-    """Per task x protocol x budget: (key, its runs, :func:`compare_methods` against ``report.reference``)."""
+def reference_comparisons(cfg: dict, runs: pd.DataFrame) -> list[tuple[tuple[str, str, str, str], pd.DataFrame,
+                                                                          pd.DataFrame]]:
+    """Per task x protocol x budget x metric: (key, its runs, :func:`compare_methods` against ``report.reference``).
+
+    Only the methods that ran the task appear in its runs (3D-only methods have no CXR runs, 2D-only methods no CT
+    runs); a setting the reference did not run is left out.
+    """
     reference = cfg["report"]["reference"]
     return [(key, g, compare_methods(g, reference=reference))
-            for key, g in runs.groupby(["task", "protocol", "budget"], sort=True)]
+            for key, g in runs.groupby(["task", "protocol", "budget", "metric"], sort=True)
+            if reference in set(g["method"])]
 
 
 def summary_section(cfg: dict, comparisons: list) -> list[str]:
     """One row per task x protocol x budget: each method's mean (stars: Holm-corrected difference to the reference)."""
     reference = cfg["report"]["reference"]
     rows = []
-    for (task, protocol, budget), g, cmp in comparisons:
+    for (task, protocol, budget, metric), g, cmp in comparisons:
         cmp = cmp.set_index("method")
-        row = {"task": task, "protocol": protocol, "budget": budget, "metric": g["metric"].iloc[0]}
+        row = {"task": task, "protocol": protocol, "budget": budget, "metric": metric}
         for method in cfg["active_methods"]:
             if method in cmp.index:
                 stars = cmp.loc[method, "stars"] if method != reference else ""
@@ -84,8 +98,7 @@ def summary_section(cfg: dict, comparisons: list) -> list[str]:
 def transfer_section(cfg: dict, comparisons: list) -> list[str]:
     reference = cfg["report"]["reference"]
     out = ["## Transfer", ""]
-    for (task, protocol, budget), g, cmp in comparisons:
-        metric = g["metric"].iloc[0]
+    for (task, protocol, budget, metric), g, cmp in comparisons:
         out += [f"### {task} · {protocol} · budget {budget} ({metric}, mean over classes)", ""]
         out += [markdown_table(format_comparison_table(cmp)), ""]
         others = [m for m in g["method"].unique() if m != reference]
@@ -96,6 +109,57 @@ def transfer_section(cfg: dict, comparisons: list) -> list[str]:
                     markdown_table(format_comparison_table(cmp_best)), ""]
         out += ["- " + s for s in _sentence(cmp, reference, metric)] + [""]
     return out
+
+
+def _skip_notes(methods: list[str], tasks: list[str]) -> list[str]:
+    """``"- `task` not run for m1, m2: reason"`` lines from the ``skipped`` entries of the transfer metrics files."""
+    reasons: dict[tuple[str, str], list[str]] = {}
+    for method in methods:
+        for task, why in read_json(paths.metrics_file("transfer", method)).get("skipped", {}).items():
+            if task in tasks:
+                reasons.setdefault((task, why), []).append(method)
+    return [f"- `{task}` not run for {', '.join(ms)}: {why}." for (task, why), ms in sorted(reasons.items())]
+
+
+def genesis_section(cfg: dict, runs: pd.DataFrame) -> list[str]:
+    """The Genesis family on the 3D tasks, as the papers tabulate it (genesis_family.md §2.4)."""
+    active = cfg["active_methods"]
+    methods = [m for m in GENESIS_METHODS if m in active]
+    ceiling = "supervised" if "supervised" in active else None
+    table = genesis_table(runs, methods + ([ceiling] if ceiling else []), reference="scratch", ceiling=ceiling)
+    notes = _skip_notes(methods + ([ceiling] if ceiling else []), list(GENESIS_TASKS))
+    if table.empty and not notes:
+        return []
+    text = (
+        f"Rows: 3D task x protocol x budget x metric; columns: `scratch` (floor), the active Genesis-family methods"
+        f"{', `supervised` (ceiling)' if ceiling else ''}. Cells: mean ± std over the fine-tuning seeds "
+        f"{cfg['transfer']['seeds']} of **one pretraining seed** per method. Stars, as in the papers: their "
+        "independent two-sample (Student) t-test against `scratch`, uncorrected (n.s. p >= 0.05, * p < 0.05, "
+        "** p < 0.01, *** p < 0.001); the paired, Holm-corrected tests are in the Transfer section. Nodule "
+        "segmentation: `finetune` fine-tunes the whole pretrained UNet3D (the papers' protocol), `finetune_encoder` "
+        "loads only the pretrained encoder with a new decoder; Dice and IoU are foreground scores at threshold 0.5, "
+        "averaged over test cubes; Keras mean IoU is the papers' \"IoU\": background-inclusive two-class mean IoU "
+        "pooled over all test voxels and averaged over thresholds 0.5-0.95, far above the foreground IoU for small "
+        "objects."
+    )
+    out = ["## Genesis family on the 3D tasks", "", text, ""] + _words_lines(cfg)
+    out += [markdown_table(table), ""] if not table.empty else []
+    return out + (notes + [""] if notes else [])
+
+
+def _words_lines(cfg: dict) -> list[str]:
+    """What TransVW / Semantic Genesis pretrained on: the ``self_discovery`` summary and each one's painting."""
+    path = paths.metrics_file("self_discovery", "visual_words")
+    if not path.is_file():
+        return []
+    words = read_json(path)
+    recipes = ", ".join(f"`{m}` {cfg['methods'][m].get('painting', 'pytorch')}" for m in words["methods"])
+    lines = [f"Visual words ({d}, stage `self_discovery`, shared): {w['n_classes']} classes x "
+             f"{w['instances_per_class']} patients x {w['levels']} scales = {w['n_crops']} crops of "
+             f"{'x'.join(map(str, w['out_size']))} from {w['n_patients']} training patients; auto-encoder loss "
+             f"{w['autoencoder_loss']['first']:.3g} -> {w['autoencoder_loss']['final']:.3g}."
+             for d, w in sorted(words.items()) if d in ("2d", "3d")]
+    return lines + [f"Painting recipe (the released PyTorch noise fill or Keras constant fill): {recipes}.", ""]
 
 
 def pretrain_section(cfg: dict) -> list[str]:
@@ -119,11 +183,13 @@ def embedding_section(cfg: dict) -> list[str]:
     order = [k for k in ("raw_pixels_pca", *cfg["active_methods"]) if k in m["methods"]]
     df = pd.DataFrame([{"method": k, **m["methods"][k]} for k in order])
     df = df[["method", "knn_accuracy", "silhouette", "matching_accuracy"]]
+    left_out = m.get("left_out_3d_only", [])
     return [
         "## Zero-shot landmark embeddings", "",
         f"{m['n_landmarks']} landmarks of {m['n_patients']} held-out patients; floors: `raw_pixels_pca`, `scratch`; "
         "ceiling: `supervised`. kNN: landmark identification accuracy (cross-validated); matching: cross-patient "
-        "landmark correspondence accuracy.", "",
+        "landmark correspondence accuracy." + (f" Left out (3D-only, no 2D encoder): {', '.join(left_out)}."
+                                               if left_out else ""), "",
         markdown_table(df), "", "![landmark maps](figures/embedding/landmarks.png)", "",
     ]
 
@@ -131,7 +197,8 @@ def embedding_section(cfg: dict) -> list[str]:
 def bias_section(cfg: dict) -> list[str]:
     m = read_json(paths.metrics_file("bias", "gender"))
     rows = [{"method": method, "training set": ts, **m["summary"][method][ts]}
-            for method in cfg["active_methods"] for ts in ("male", "female", "balanced")]
+            for method in cfg["active_methods"] if method in m["summary"] for ts in ("male", "female", "balanced")]
+    left_out = m.get("left_out_3d_only", [])
     df = pd.DataFrame(rows)
     covers = ((df["gap_ci_low"] <= 0) & (df["gap_ci_high"] >= 0)).mean() if len(df) else float("nan")
     df["gap [95% CI]"] = [f"{g:+.3f} [{lo:+.3f}, {hi:+.3f}]"
@@ -140,7 +207,8 @@ def bias_section(cfg: dict) -> list[str]:
     return [
         "## Gender bias", "",
         f"SynthCXR sex effect: {m['sex_effect']}. Mean over findings and seeds; gap = AUC(male) - AUC(female) with a "
-        f"bootstrap 95 % CI (averaged over seeds). The CI covers 0 in {covers:.0%} of the rows.", "",
+        f"bootstrap 95 % CI (averaged over seeds). The CI covers 0 in {covers:.0%} of the rows."
+        + (f" Left out (3D-only, no radiograph features): {', '.join(left_out)}." if left_out else ""), "",
         markdown_table(df), "", "![bias](figures/bias/gender.png)", "",
     ]
 
@@ -187,10 +255,12 @@ def timing_section() -> list[str]:
 
 def build_report(cfg: dict) -> str:
     """Write ``reports/REPORT.md`` and return its text."""
-    comparisons = reference_comparisons(cfg, transfer_runs(cfg))
+    runs = transfer_runs(cfg)
+    comparisons = reference_comparisons(cfg, runs)
     lines = [f"# Eden study report (profile `{cfg['profile']}`)", "", CAVEATS, ""]
     lines += summary_section(cfg, comparisons)
     lines += pretrain_section(cfg)
+    lines += genesis_section(cfg, runs)
     lines += transfer_section(cfg, comparisons)
     lines += ["![transfer](figures/report/transfer.png)", ""]
     lines += embedding_section(cfg)

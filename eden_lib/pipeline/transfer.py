@@ -3,7 +3,10 @@
 Frozen features are extracted once (``data/features/<method>.npz``: whole radiographs, landmark patches of test
 patients, 3D nodule candidates); linear probes, the embedding stage and the bias stage read them. Fine-tuning runs
 start from the exported pretrained weights. Methods share paired seeds: the same label subsets and seeds for all.
-Writes ``reports/metrics/transfer/<method>.json`` (a summary plus one record per run).
+A method runs the 2D tasks when it exported ``encoder.pt`` (:func:`has_2d`) and the 3D tasks when it exported
+``unet3d.pt`` (:func:`has_3d`). Writes ``reports/metrics/transfer/<method>.json`` (a summary plus one record per run:
+``{task, protocol, budget, seed, metric, value, per_class}``; a task with several metrics, such as
+``ct_nodule_segmentation``, writes one record per metric).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from eden_lib.data.patches import crop_around, unpack_masks
 from eden_lib.evaluation.finetune import FinetuneConfig, finetune, predict
 from eden_lib.evaluation.linear_probe import fit_predict_linear_probe
 from eden_lib.evaluation.metrics import auc_per_label, dice_per_class
+from eden_lib.evaluation.segmentation import segmentation_metrics
 from eden_lib.evaluation.subsets import label_fraction_subset, shot_subset
 from eden_lib.methods import networks
 from eden_lib.methods.supervised import masked_bce
@@ -57,10 +61,35 @@ def has_3d(method: str) -> bool:
     return (paths.models_dir(method) / "unet3d.pt").is_file()
 
 
+def has_2d(method: str) -> bool:
+    """Whether ``method`` exported a 2D encoder; 3D-only methods (TransVW, Semantic Genesis) skip the CXR tasks."""
+    return (paths.models_dir(method) / "encoder.pt").is_file()
+
+
 def extract_features(cfg: dict, method: str, x: torch.Tensor, cxr: prepared.PreparedCXR,
                      ct: prepared.PreparedCT) -> dict:
     """Frozen features of one method (``x``: every radiograph at the training size); saved to
-    ``data/features/<method>.npz`` and returned."""
+    ``data/features/<method>.npz`` and returned. Keys: ``cxr`` (and ``landmark*``) for a method with a 2D encoder,
+    ``ct`` for one with a UNet3D."""
+    out: dict[str, np.ndarray] = {}
+    if has_2d(method):
+        out.update(_features_2d(cfg, method, x, cxr))
+    if has_3d(method):
+        unet = _load_unet3d(cfg, method)
+        cubes = torch.from_numpy(np.asarray(ct.candidates, dtype=np.float32)).unsqueeze(1)
+        out["ct"] = predict(unet.pooled_features, unet, cubes, batch=64, device=cfg["pretrain"]["device"])
+    if not out:
+        raise FileNotFoundError(f"{paths.models_dir(method)} holds neither encoder.pt nor unet3d.pt; run "
+                                f"'pretrain@{method}' first")
+    path = paths.features_file(method)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **out)
+    return out
+
+
+def _features_2d(cfg: dict, method: str, x: torch.Tensor, cxr: prepared.PreparedCXR) -> dict[str, np.ndarray]:
+    """Pooled 2D encoder features: whole radiographs ``cxr (N, D)`` and, where the data has landmarks, the landmark
+    patches of test patients ``landmark (P*L, D)`` with ``landmark_row``, ``landmark_id``."""
     size = cfg["data"]["image_size"]
     device = cfg["pretrain"]["device"]
     encoder = _load_encoder_2d(cfg, method)
@@ -73,20 +102,15 @@ def extract_features(cfg: dict, method: str, x: torch.Tensor, cxr: prepared.Prep
         out["landmark"] = predict(encoder, encoder, patches, device=device)
         out["landmark_row"] = np.repeat(rows, n_l)
         out["landmark_id"] = np.tile(np.arange(n_l), len(rows))
-    if has_3d(method):
-        unet = _load_unet3d(cfg, method)
-        cubes = torch.from_numpy(np.asarray(ct.candidates, dtype=np.float32)).unsqueeze(1)
-        out["ct"] = predict(unet.pooled_features, unet, cubes, batch=64, device=device)
-    path = paths.features_file(method)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **out)
     return out
 
 
 def _finetune_cfg(cfg: dict, task: str) -> FinetuneConfig:
-    f = cfg["transfer"]["finetune"]
-    return FinetuneConfig(cfg["tasks"][task]["finetune_epochs"], f["batch_size"], f["lr"], f["weight_decay"],
-                          f["min_steps"], cfg["pretrain"]["device"])
+    """``transfer.finetune`` with the task's ``finetune_epochs``; a task block may override ``batch_size``, ``lr``
+    and ``min_steps`` (``tasks.ct_nodule_segmentation`` and ``ct_nodule_classification`` do)."""
+    f, t = cfg["transfer"]["finetune"], cfg["tasks"][task]
+    return FinetuneConfig(t["finetune_epochs"], t.get("batch_size", f["batch_size"]), t.get("lr", f["lr"]),
+                          f["weight_decay"], t.get("min_steps", f["min_steps"]), cfg["pretrain"]["device"])
 
 
 def _record(task, protocol, budget, seed, metric, per_class: dict[str, float]) -> dict:
@@ -206,18 +230,103 @@ class _PooledClassifier(nn.Module):
         return self.fc(self.unet.pooled_features(x))
 
 
+class _LogitOutput(nn.Module):
+    """UNet3D ``out_tr`` without its sigmoid: the same ``final_conv`` (same state-dict keys), logits out, so the
+    Dice + BCE loss takes logits."""
+
+    def __init__(self, final_conv: nn.Conv3d) -> None:
+        super().__init__()
+        self.final_conv = final_conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_conv(x)
+
+
+def segmentation_unet3d(cfg: dict, method: str, protocol: str) -> nn.Module:
+    """The UNet3D to fine-tune on nodule segmentation, returning logits ``(B, 1, X, Y, Z)``.
+
+    ``finetune``: the whole pretrained encoder-decoder and its output layer (the papers' protocol, genesis_family.md
+    §2.4). ``finetune_encoder``: only the pretrained encoder (``down_tr*``); decoder and output layer keep the
+    fresh initialisation of the current torch seed (the same for every method under the same seed).
+    """
+    from eden_lib.checkpoints import CheckpointError, load_checkpoint, load_state_dict_strict
+
+    net = networks.unet_3d(build_context(cfg, 3, 1))
+    path = paths.models_dir(method) / "unet3d.pt"
+    if protocol == "finetune":
+        load_weights(net, path)
+    elif protocol == "finetune_encoder":
+        encoder = {k for k in net.state_dict() if k.startswith(net.encoder_state_prefixes)}
+        state = {k: v for k, v in load_checkpoint(path)["state_dict"].items() if k in encoder}
+        if encoder - set(state):
+            raise CheckpointError(f"{path} lacks encoder keys {sorted(encoder - set(state))[:5]} of the UNet3D")
+        fresh = {k: v for k, v in net.state_dict().items() if k not in encoder}
+        load_state_dict_strict(net, {**fresh, **state}, f"{path} (encoder)")
+    else:
+        raise ValueError(f"tasks.ct_nodule_segmentation.protocols has {protocol!r}; expected 'finetune' or "
+                         "'finetune_encoder'")
+    net.out_tr = _LogitOutput(net.out_tr.final_conv)
+    return net
+
+
+def ct_nodule_segmentation(cfg: dict, method: str, ct: prepared.PreparedCT) -> list[dict]:
+    """Models Genesis "NCS" on SynthCT: fine-tune the UNet3D on the jittered nodule cubes, per protocol x seed.
+
+    Every method trains on the same cubes (all training crops) under the same seeds (paired). Loss: Dice + BCE, as
+    the CXR segmentation. One record per metric of :func:`~eden_lib.evaluation.segmentation.segmentation_metrics`
+    (``dice``, ``iou``: foreground, per cube; ``keras_mean_iou``: the papers' "IoU"). No records when the data set
+    has no nodule masks (real LUNA16).
+    """
+    task = cfg["tasks"]["ct_nodule_segmentation"]
+    train, test = ct.nodule_indices("train"), ct.nodule_indices("test")
+    if not ct.info.get("nodule_masks") or not len(train) or not len(test):
+        return []
+    x = torch.from_numpy(np.asarray(ct.nodules, dtype=np.float32)).unsqueeze(1)  # (K, 1, X, Y, Z)
+    y = torch.from_numpy(np.asarray(ct.nodule_masks, dtype=np.float32)).unsqueeze(1)
+    budget = f"{len(train)}_cubes"
+    records = []
+    for protocol in task["protocols"]:
+        for seed in cfg["transfer"]["seeds"]:
+            seed_everything(seed)
+            net = segmentation_unet3d(cfg, method, protocol)
+            finetune(net, _seg_loss, x[train], y[train], _finetune_cfg(cfg, "ct_nodule_segmentation"), seed)
+            logits = predict(net, net, x[test], batch=64, device=cfg["pretrain"]["device"])
+            prob = torch.sigmoid(torch.from_numpy(logits)).numpy()[:, 0]
+            for metric, value in segmentation_metrics(prob, y[test, 0].numpy()).items():
+                records.append(_record("ct_nodule_segmentation", protocol, budget, seed, metric, {"nodule": value}))
+    return records
+
+
 def summarize(records: list[dict]) -> dict:
-    """``{task: {protocol: {budget: {"mean", "std", "n"}}}}`` over seeds (keys without dots for DVC)."""
+    """``{task: {protocol: {budget: {"mean", "std", "n"}}}}`` over seeds (keys without dots for DVC).
+
+    The budget key is ``b_<budget>``; where a task x protocol x budget has several metrics, one key per metric,
+    ``b_<budget>_<metric>``.
+    """
     df = pd.DataFrame(records)
     out: dict = {}
-    for (task, protocol, budget), g in df.groupby(["task", "protocol", "budget"], sort=True):
-        key = "b_" + str(budget).replace(".", "p")
+    n_metrics = df.groupby(["task", "protocol", "budget"])["metric"].transform("nunique")
+    for (task, protocol, budget, metric), g in df.groupby(["task", "protocol", "budget", "metric"], sort=True):
+        key = "b_" + str(budget).replace(".", "p") + (f"_{metric}" if n_metrics[g.index[0]] > 1 else "")
         vals = g["value"].to_numpy(dtype=float)
         out.setdefault(task, {}).setdefault(protocol, {})[key] = {
             "mean": float(np.nanmean(vals)) if np.isfinite(vals).any() else None,
             "std": float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else None,
             "n": int(np.isfinite(vals).sum()),
         }
+    return out
+
+
+def skipped_tasks(method: str, ct: prepared.PreparedCT) -> dict[str, str]:
+    """Tasks ``method`` does not run, each with the reason (in the metrics file; the report shows them)."""
+    out: dict[str, str] = {}
+    if not has_2d(method):
+        out.update(dict.fromkeys(("cxr_classification", "cxr_segmentation"), "3D-only method (no encoder.pt)"))
+    if not has_3d(method):
+        out.update(dict.fromkeys(("ct_nodule_classification", "ct_nodule_segmentation"),
+                                 "2D-only method (no unet3d.pt)"))
+    elif not ct.info.get("nodule_masks"):
+        out["ct_nodule_segmentation"] = "the CT data set has no nodule masks (real LUNA16: info.json nodule_masks false)"
     return out
 
 
@@ -240,10 +349,13 @@ def run_transfer(cfg: dict, method: str) -> pd.DataFrame:
         return result
 
     feats = timed("features", extract_features, cfg, method, x, cxr, ct)
-    records = timed("cxr_classification", cxr_classification, cfg, method, x, cxr, feats)
-    records += timed("cxr_segmentation", cxr_segmentation, cfg, method, x, cxr)
+    records: list[dict] = []
+    if "cxr" in feats:
+        records += timed("cxr_classification", cxr_classification, cfg, method, x, cxr, feats)
+        records += timed("cxr_segmentation", cxr_segmentation, cfg, method, x, cxr)
     if "ct" in feats:
         records += timed("ct_nodule_classification", ct_nodule_classification, cfg, method, ct, feats)
+        records += timed("ct_nodule_segmentation", ct_nodule_segmentation, cfg, method, ct)
     write_json({"method": method, "profile": cfg["profile"], "summary": summarize(records), "seconds": seconds,
-                "runs": records}, paths.metrics_file("transfer", method))
+                "skipped": skipped_tasks(method, ct), "runs": records}, paths.metrics_file("transfer", method))
     return pd.DataFrame(records).drop(columns=["per_class"])

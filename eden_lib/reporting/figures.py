@@ -93,3 +93,26 @@ def cxr_examples(cxr, n: int = 8) -> Figure:
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def visual_words_grid(crops, labels, ranks, levels, n_classes: int = 6, n_members: int = 6) -> Figure:
+    """Self-discovered visual words: one row per class, its members' exact-scale crops (rank 0 = the reference).
+
+    ``crops`` ``(M, *size)`` in [0, 1] (3D crops show their middle slice along the last axis); ``labels``,
+    ``ranks``, ``levels`` ``(M,)`` as written by the ``self_discovery`` stage.
+    """
+    import numpy as np
+
+    classes = np.unique(labels)[:n_classes]
+    fig, axes = plt.subplots(len(classes), n_members, figsize=(1.3 * n_members, 1.3 * len(classes)), squeeze=False,
+                             layout="constrained")
+    for row, c in zip(axes, classes):
+        rows = np.flatnonzero((labels == c) & (levels == 0))
+        rows = rows[np.argsort(ranks[rows], kind="stable")][:n_members]
+        for ax, i in zip(row, rows):
+            crop = np.asarray(crops[i], dtype=np.float32)
+            ax.imshow(crop[..., crop.shape[-1] // 2].T if crop.ndim == 3 else crop, cmap="gray", vmin=0, vmax=1)
+        for ax in row:
+            ax.set_axis_off()
+        row[0].set_title(f"word {c}", fontsize=8, loc="left")
+    return fig

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from numbers import Integral, Real
 
+import numpy as np
 import pandas as pd
 
 MISSING = "–"  # shown for NaN / not applicable
@@ -96,3 +97,56 @@ def format_comparison_table(comparison: pd.DataFrame, digits: int = 3) -> pd.Dat
         "sig": [r["stars"] or MISSING for r in rows],
         "p replication (unpaired t)": [format_p(r["p_replication"], digits) for r in rows],
     })
+
+
+#: the Genesis-family comparison on the 3D tasks (genesis_family.md §2.4): rows and columns of :func:`genesis_table`
+GENESIS_TASKS = {"ct_nodule_classification": "nodule classification", "ct_nodule_segmentation": "nodule segmentation"}
+GENESIS_METRICS = {"auc": "AUC", "dice": "Dice (foreground)", "iou": "IoU (foreground)",
+                   "keras_mean_iou": "Keras mean IoU (papers' IoU)"}
+GENESIS_METHODS = ("scratch", "models_genesis", "transvw", "semantic_genesis")
+
+
+def genesis_cell(values: np.ndarray, reference: np.ndarray | None, digits: int = 3) -> str:
+    """``"mean ± std stars"`` of one method's runs; stars (``n.s.``, ``*``, ``**``, ``***``) from the papers' unpaired
+    two-sample Student t-test against the ``reference`` runs (None: the reference cell itself, no stars). ``"–"``
+    without runs; no stars where the test is undefined (fewer than two runs, zero variance)."""
+    from eden_lib.evaluation.statistics import stars, unpaired_t
+
+    if not values.size:
+        return MISSING
+    cell = mean_std_cell(values.mean(), values.std(ddof=1) if values.size > 1 else float("nan"), digits)
+    mark = stars(unpaired_t(values, reference, equal_var=True)["p"]) if reference is not None and reference.size \
+        else ""
+    return f"{cell} {mark}" if mark else cell
+
+
+def _genesis_order(key: tuple) -> tuple:
+    task, protocol, budget, metric = key
+    return list(GENESIS_TASKS).index(task), protocol, str(budget), list(GENESIS_METRICS).index(metric) \
+        if metric in GENESIS_METRICS else len(GENESIS_METRICS)
+
+
+def genesis_table(runs: pd.DataFrame, methods: list[str], reference: str = "scratch", ceiling: str | None = None,
+                  digits: int = 3) -> pd.DataFrame:
+    """The papers' 3D comparison table (genesis_family.md §2.4): one row per 3D task x protocol x budget x metric,
+    one column per method, cells from :func:`genesis_cell` (mean ± std over seeds, stars against ``reference``).
+
+    Args:
+        runs: tidy transfer runs ``(method, task, protocol, budget, seed, metric, value)``; other tasks are ignored.
+        methods: the method columns in order, ``reference`` among them.
+        reference: the method every other cell of a row is tested against.
+        ceiling: appended as the last column, headed ``<ceiling> (ceiling)`` (None: no ceiling column).
+
+    Returns:
+        Text cells: columns ``task, protocol, budget, metric`` and one per method.
+    """
+    columns = [m for m in methods if m != ceiling] + ([ceiling] if ceiling else [])
+    names = [f"{m} (ceiling)" if m == ceiling else m for m in columns]
+    sub = runs[runs["task"].isin(list(GENESIS_TASKS)) & runs["method"].isin(columns)]
+    rows = []
+    for key, g in sorted(sub.groupby(["task", "protocol", "budget", "metric"]), key=lambda kg: _genesis_order(kg[0])):
+        values = {m: g.loc[g["method"] == m, "value"].dropna().to_numpy(dtype=float) for m in columns}
+        ref = values.get(reference)
+        cells = [genesis_cell(values[m], None if m == reference else ref, digits) for m in columns]
+        rows.append([GENESIS_TASKS[key[0]], key[1], key[2], GENESIS_METRICS.get(key[3], key[3]), *cells])
+    return pd.DataFrame(rows, columns=["task", "protocol", "budget", "metric", *names])

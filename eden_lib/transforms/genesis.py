@@ -7,21 +7,25 @@ MedIA 2021. The official code (``utils.py`` of MrGiovanni/ModelsGenesis, see ``r
 
 Per sample, in the official order: flip (input and target together), local pixel shuffling, non-linear Bezier
 intensity mapping, then in-painting or out-painting. Each sample decides each corruption on its own (a boolean
-``apply`` mask over the batch); Python loops only run over a small fixed number of boxes, windows, axes or
-block positions, each step batched over all samples. All randomness comes from the ``torch.Generator`` argument,
-so the same seed gives identical tensors. Boxes and windows are shared by the channels of a sample; noise is drawn
-per voxel and channel. Returned tensors are new; samples whose ``apply`` is False are returned unchanged.
+``apply`` mask over the batch); Python loops only run over a small fixed number of boxes, windows, flip patterns or
+block positions, each step batched over all samples, and on CPU over cache-sized chunks of samples (``_chunks``:
+memory-bound passes over about ``CACHE_BYTES`` at a time; the results do not depend on the chunking).
+All randomness comes from the ``torch.Generator`` argument, so the same seed gives identical tensors. Boxes and
+windows are shared by the channels of a sample; noise is drawn per voxel and channel. Returned tensors are new;
+samples whose ``apply`` is False are returned unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from math import prod
 
 import torch
 
 FLIP_AXES = ("all", "official")
 DEFAULT_LUT_KNOTS = 16_385
+CACHE_BYTES = 1 << 19  # CPU cache blocking: bytes of the main array of one chunk of samples (half a 1 MiB L2)
 
 
 @dataclass
@@ -136,6 +140,16 @@ def _subset(x: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.T
     return x.index_copy(0, idx, values)
 
 
+def _chunks(n: int, item_bytes: int, device: torch.device) -> list[slice]:
+    """Slices of ``range(n)`` of about ``CACHE_BYTES // item_bytes`` items on CPU (one slice on other devices).
+
+    Cache blocking: the memory-bound passes (gathers, masks, noise) over one chunk stay in the CPU's L2 cache; the
+    whole batch at once is several times slower on a loaded machine, where the shared L3 cache is contended.
+    """
+    step = max(1, CACHE_BYTES // item_bytes) if device.type == "cpu" else max(n, 1)
+    return [slice(start, start + step) for start in range(0, n, step)]
+
+
 # ------------------------------------------------------------------------------------------------------- flips
 def _draw_flips(
     apply: torch.Tensor, spatial_dims: int, generator: torch.Generator, repeat_rate: float, flip_axes: str,
@@ -156,12 +170,19 @@ def _draw_flips(
 
 
 def _apply_flips(x: torch.Tensor, parity: torch.Tensor) -> torch.Tensor:
-    """Flip sample ``n`` of ``x`` along spatial axis ``a`` where ``parity[n, a]``."""
-    out = x.clone()
-    for axis in range(parity.shape[1]):
-        idx = parity[:, axis].nonzero().squeeze(1)
-        if idx.numel():
-            out[idx] = out[idx].flip(2 + axis)
+    """Flip sample ``n`` of ``x: (B, C, *spatial)`` along spatial axis ``a`` where ``parity[n, a]``.
+
+    Samples are grouped by their flip pattern (at most ``2**spatial_dims`` groups), and each group is flipped along
+    all its axes at once: one ``flip`` per group instead of a gather, flip and scatter per axis.
+    """
+    spatial_dims = parity.shape[1]
+    codes = (parity.long() << torch.arange(spatial_dims, device=parity.device)).sum(1)
+    out = torch.empty_like(x)
+    for code in codes.unique().tolist():
+        idx = (codes == code).nonzero().squeeze(1)
+        part = _select(x, idx)
+        dims = [2 + axis for axis in range(spatial_dims) if code >> axis & 1]
+        out.index_copy_(0, idx, part.flip(dims) if dims else part)
     return out
 
 
@@ -209,63 +230,74 @@ def _shape_offsets(max_size: list[int], strides: list[int], device: torch.device
     return offset.int()
 
 
+def _sorted_blocks(size: torch.Tensor, max_voxels: int) -> tuple[torch.Tensor, list[int], list[int]]:
+    """Order the blocks ``size: (b, n_blocks, D)`` by decreasing voxel count (stable).
+
+    Returns ``order`` ``(b * n_blocks,)`` (flat block indices, sorted), and per column ``j`` (voxel ``j`` of a block,
+    C order) its ``height`` (the number of blocks with more than ``j`` voxels, which are the first ``height`` blocks
+    of the order) and its ``start`` in a column-major layout of all block voxels.
+    """
+    n_voxels = size.prod(-1).view(-1)
+    order = torch.argsort(n_voxels.neg().int(), stable=True)  # small integer keys: a fast radix sort
+    at_most = torch.bincount(n_voxels, minlength=max_voxels + 1).cumsum(0)[:-1]  # [j]: blocks with <= j voxels
+    heights = [h for h in (n_voxels.numel() - at_most).tolist() if h > 0]
+    starts = [0]
+    for h in heights[:-1]:
+        starts.append(starts[-1] + h)
+    return order, heights, starts
+
+
 def _shuffle_samples(x: torch.Tensor, n_blocks: int, generator: torch.Generator) -> torch.Tensor:
     """Local pixel shuffling of every sample of ``x: (b, C, *spatial)`` (see ``local_pixel_shuffle``).
 
-    Every block's voxels are enumerated in a position-major layout: column ``j`` holds voxel ``j`` (C order within
-    the block) of every block with more than ``j`` voxels, blocks sorted by decreasing size so that each column is
-    a prefix of the blocks. Each entry holds the voxel's offset from its block corner. A Fisher-Yates (Durstenfeld)
-    shuffle runs in lock-step over all blocks of all samples: step ``j`` swaps column ``j`` with a uniform column in
-    ``[0, j]`` of the same block, after which column ``j`` (the source of voxel ``j``) is final and its writes are
-    resolved at once. The Python loop runs over columns (at most ``prod(dim // 10)``, 108 for 64x64x32), never
-    over samples or blocks.
+    All block voxels are laid out column-major: column ``j`` holds voxel ``j`` (C order) of every block with more
+    than ``j`` voxels (a prefix of the blocks sorted by decreasing size). An inside-out Fisher-Yates shuffle runs in
+    lock-step over all blocks of all samples: at column ``j`` every block's voxel ``j`` takes the source of its voxel
+    ``i ~ U{0..j}``, which then takes source ``j``. The Python loop runs over columns (at most ``prod(dim // 10)``,
+    108 for 64x64x32), never over samples or blocks. The shuffled values are keys ``(draw time << shift) + source
+    voxel`` (the block's time and corner are shared by its voxels, so shuffling keys shuffles sources); overlaps are
+    then resolved with one ``scatter_reduce(amax)`` of the keys (int32 whenever they fit: about 4x faster than
+    int64), so the last block drawn that covers a voxel decides where it reads from, as in the official loop.
     """
     b, channels, *spatial = x.shape
     device = x.device
     dims, volume = len(spatial), prod(spatial)
     max_size = [s // 10 for s in spatial]
-    strides = [prod(spatial[a + 1:]) for a in range(dims)]
+    strides = torch.tensor([prod(spatial[a + 1:]) for a in range(dims)], device=device)
     # block geometry, official draw: size_a ~ U{1..dim_a//10}, corner_a ~ U{0..dim_a - size_a}
     size = _randint(torch.ones(b, n_blocks, dims, dtype=torch.long, device=device),
                     torch.tensor(max_size, device=device), generator)
     corner = _randint(torch.zeros_like(size), torch.tensor(spatial, device=device) - size, generator)
-    n_sorted, order = torch.sort(size.prod(-1).reshape(-1), descending=True, stable=True)
-    longest = int(n_sorted[0])
-    heights = (order.numel() - torch.bincount(n_sorted, minlength=longest + 1).cumsum(0)[:longest]).tolist()
-    starts = [0]
-    for h in heights[:-1]:
-        starts.append(starts[-1] + h)
-    col_start = torch.tensor(starts, device=device)
-    # per sorted block: shape id, linear index of its corner, and its write key
+    order, heights, starts = _sorted_blocks(size, prod(max_size))
     radix = torch.tensor([prod(max_size[a + 1:]) for a in range(dims)], device=device)
-    shape_id = ((size - 1) * radix).sum(-1).reshape(-1)[order]
-    base = (torch.arange(b, device=device)[:, None] * volume
-            + (corner * torch.tensor(strides, device=device)).sum(-1)).reshape(-1)[order]
-    # key = (write time << shift) + source voxel: the last writer of a voxel has the largest key; a voxel nobody
-    # writes keeps key = its own index (time 0), so the winning key always names the voxel to read
-    shift = (b * volume - 1).bit_length()
-    time = torch.arange(1, n_blocks + 1, device=device).repeat(b)[order]  # official order: later blocks overwrite
-    key_base = (time << shift) + base
-    table = _shape_offsets(max_size, strides, device)
-    offset = torch.empty(starts[-1] + heights[-1], dtype=torch.int32, device=device)
-    for j, (lo, h) in enumerate(zip(starts, heights)):
-        torch.index_select(table[j], 0, shape_id[:h], out=offset[lo:lo + h])
+    shape_id = ((size - 1) * radix).sum(-1).view(-1)[order]  # (n,) column of ``table`` for each sorted block
+    corner_index = (corner * strides).sum(-1).view(-1)[order]  # linear index of the corner within its sample
+    dest_base = order // n_blocks * volume + corner_index  # ... within the flattened batch
+    # key = (draw time << shift) + source voxel within the sample; time 0 is "not written" (reads itself)
+    shift = (volume - 1).bit_length()
+    key_dtype = torch.int32 if (n_blocks + 1) << shift <= 2**31 else torch.long
+    key_base = ((order % n_blocks + 1) << shift).add_(corner_index).to(key_dtype)
+    table = _shape_offsets(max_size, strides.tolist(), device)
+    total = starts[-1] + heights[-1]
+    key = torch.empty(total, dtype=key_dtype, device=device)  # per block voxel: the key of the voxel it reads
+    dest = torch.empty(total, dtype=torch.long, device=device)  # ... and where it writes
+    col_start = torch.tensor(starts, device=device)
     rows = torch.arange(heights[0], device=device)
-    winner = torch.arange(b * volume, device=device)
-    for j in range(longest - 1, -1, -1):
-        lo, h = starts[j], heights[j]
-        own = offset[lo:lo + h]
-        if j > 0:
-            pick = (torch.rand(h, generator=generator, device=device) * (j + 1)).long().clamp_(max=j)
-            partner = col_start.index_select(0, pick) + rows[:h]
-            taken = offset.index_select(0, partner)
-            offset.index_copy_(0, partner, own.clone())
-            own.copy_(taken)
-        dest = base[:h] + table[j].index_select(0, shape_id[:h])
-        winner.scatter_reduce_(0, dest, key_base[:h] + own, "amax")
-    read = winner.bitwise_and_((1 << shift) - 1)
-    flat = x.transpose(0, 1).reshape(channels, b * volume)
-    return flat.index_select(1, read).reshape(channels, b, *spatial).transpose(0, 1).contiguous()
+    for j, (lo, h) in enumerate(zip(starts, heights)):
+        own = table[j].index_select(0, shape_id[:h])  # offset of voxel j from its block's corner
+        torch.add(dest_base[:h], own, out=dest[lo:lo + h])
+        own_key = key_base[:h] + own
+        if j == 0:
+            key[:h] = own_key
+            continue
+        pick = torch.randint(j + 1, (h,), generator=generator, device=device)
+        partner = col_start.index_select(0, pick).add_(rows[:h])  # voxel ``pick`` of the same block
+        key[lo:lo + h] = key.index_select(0, partner)
+        key.index_copy_(0, partner, own_key)
+    winner = torch.arange(volume, dtype=key_dtype, device=device).repeat(b)
+    winner.scatter_reduce_(0, dest, key, "amax")
+    read = winner.bitwise_and_((1 << shift) - 1).long().view(b, 1, volume).expand(-1, channels, -1)
+    return x.reshape(b, channels, volume).gather(2, read).view(x.shape)
 
 
 def local_pixel_shuffle(
@@ -276,9 +308,9 @@ def local_pixel_shuffle(
     Official algorithm: block side per axis ~ U{1..dim//10}, corner uniform over valid positions, the block's
     voxels read from the *original* sample, permuted uniformly and written to the output; blocks may overlap and
     later blocks overwrite earlier ones. Here all blocks of all samples are drawn at once, permuted with a
-    segmented Fisher-Yates shuffle and resolved with one gather: each voxel takes the value from the last block
-    (in draw order) that covers it, exactly as the sequential official loop. Same distribution, not the same
-    random stream.
+    lock-step inside-out Fisher-Yates shuffle, and overlaps are resolved with one ``scatter_reduce`` and one gather:
+    each voxel takes the value from the last block (in draw order) that covers it, exactly as the sequential
+    official loop. Same distribution, not the same random stream.
 
     Args:
         x: ``(B, C, *spatial)``, every spatial size >= 10.
@@ -299,6 +331,36 @@ def local_pixel_shuffle(
 
 
 # ------------------------------------------------------------------------------------------- Bezier intensity
+@lru_cache(maxsize=4)
+def _bezier_basis(n_points: int, device: torch.device) -> torch.Tensor:
+    """``(4, n_points)`` float64 rows ``3 s^2 t, 3 s t^2, t^3, s^3`` at ``t = linspace(0, 1)``, ``s = 1 - t``.
+
+    A cubic Bezier from ``(0, 0)`` to ``(1, 1)`` with inner control coordinates ``c1, c2`` is ``[c1, c2, 1, 0]``
+    times these rows; its mirror image ``u(1 - t)`` is ``[c2, c1, 0, 1]`` times them. Cached: never modify it.
+    """
+    t = torch.linspace(0.0, 1.0, n_points, dtype=torch.float64, device=device)
+    s = 1 - t
+    return torch.stack([3 * s * s * t, 3 * s * t * t, t * t * t, s * s * s])
+
+
+def _bezier_lut_rows(coef: torch.Tensor, basis: torch.Tensor, knots: int) -> torch.Tensor:
+    """``bezier_lut`` for a few curves: ``coef: (b, 2, 4)`` float64 weights of the x and y rows of the polyline over
+    ``basis: (4, n_points)`` (``_bezier_basis``) -> ``(b, knots)``."""
+    b, device, last = coef.shape[0], coef.device, basis.shape[1] - 1
+    xs, ys = torch.bmm(coef, basis.expand(b, -1, -1)).unbind(1)  # (b, n_points) each, xs non-decreasing
+    # right[k] = #{i : xs_i < grid_k}, np.interp's bracket (a tie xs_i == grid_k gives the same value either way),
+    # counted with a histogram of floor(xs * (knots - 1)) + 1 instead of a binary search per knot
+    offset = torch.arange(b, dtype=torch.float64, device=device)[:, None] * (knots + 1) + 1
+    bins = torch.add(offset, xs, alpha=knots - 1).long().view(-1)
+    counts = torch.bincount(bins, minlength=b * (knots + 1)).view(b, knots + 1)[:, :knots]
+    right = counts.cumsum(1).clamp_(1, last)
+    x0, x1, y0, y1 = xs.gather(1, right - 1), xs.gather(1, right), ys.gather(1, right - 1), ys.gather(1, right)
+    grid = torch.arange(knots, dtype=torch.float64, device=device) / (knots - 1)
+    span = x1 - x0
+    w = torch.where(span > 0, (grid - x0) / torch.where(span > 0, span, 1.0), 1.0).clamp_(0.0, 1.0)
+    return torch.lerp(y0, y1, w)
+
+
 def bezier_lut(
     control: torch.Tensor, decreasing: torch.Tensor, n_points: int = 100_000, knots: int = DEFAULT_LUT_KNOTS
 ) -> torch.Tensor:
@@ -311,6 +373,9 @@ def bezier_lut(
     ``t_i``, increasing ``f(x(t_i)) = y(t_i)``, decreasing ``f(x(t_i)) = y(1 - t_i)``. Each table entry is
     ``np.interp`` of that polyline at the knot (exact up to float64 rounding).
 
+    The curves are tabulated a few at a time (``_chunks``: one at the default ``n_points``), so that the
+    ``(curves, n_points)`` float64 work arrays stay in cache: several times faster than the whole batch at once.
+
     Args:
         control: ``(b, 2, 2)`` inner control points ``[[P1x, P1y], [P2x, P2y]]`` in [0, 1].
         decreasing: ``(b,)`` bool, the "flip" branch.
@@ -321,25 +386,15 @@ def bezier_lut(
         raise ValueError(f"bezier_lut: control must have shape (b, 2, 2), got {tuple(control.shape)}")
     if n_points < 2 or knots < 2:
         raise ValueError(f"bezier_lut: n_points={n_points} and knots={knots} must both be >= 2")
-    control = control.double()
-    b, device, last = control.shape[0], control.device, n_points - 1
-    t = torch.linspace(0.0, 1.0, n_points, dtype=torch.float64, device=device)
-    s = 1 - t
-    basis = torch.stack([3 * s * s * t, 3 * s * t * t])  # Bernstein weights of P1, P2; P0 = (0, 0) drops out
-    xs = torch.addmm(t * t * t, control[:, :, 0], basis)  # (b, n_points), non-decreasing
-    ys = torch.addmm(t * t * t, control[:, :, 1], basis)
-    grid = torch.arange(knots, dtype=torch.float64, device=device) / (knots - 1)
-    # right[k] = #{i : xs_i < grid_k}, np.interp's bracket (a tie xs_i == grid_k gives the same value either way),
-    # counted with a histogram of floor(xs * (knots - 1)) + 1 instead of a binary search per knot
-    bins = (xs * (knots - 1)).long() + 1 + torch.arange(b, device=device)[:, None] * (knots + 1)
-    counts = torch.bincount(bins.view(-1), minlength=b * (knots + 1)).view(b, knots + 1)[:, :knots]
-    right = counts.cumsum(1).clamp_(1, last)
-    x0, x1 = xs.gather(1, right - 1), xs.gather(1, right)
-    flip = decreasing.to(device)[:, None]
-    y0, y1 = ys.gather(1, torch.where(flip, last - right + 1, right - 1)), ys.gather(1, torch.where(flip, last - right, right))
-    span = x1 - x0
-    w = torch.where(span > 0, (grid - x0) / torch.where(span > 0, span, 1.0), 1.0).clamp_(0.0, 1.0)
-    return torch.lerp(y0, y1, w)
+    control, decreasing = control.double(), decreasing.to(control.device)
+    px, py = control[:, :, 0], control[:, :, 1]  # (b, 2) each: [P1, P2]
+    one, zero = torch.ones_like(px[:, :1]), torch.zeros_like(px[:, :1])
+    y_coef = torch.where(decreasing[:, None], torch.cat([py.flip(1), zero, one], 1), torch.cat([py, one, zero], 1))
+    coef = torch.stack([torch.cat([px, one, zero], 1), y_coef], 1)  # (b, 2, 4)
+    basis = _bezier_basis(n_points, control.device)
+    parts = _chunks(coef.shape[0], 8 * n_points, coef.device)  # item: one float64 row of the curve
+    rows = [_bezier_lut_rows(coef[part], basis, knots) for part in parts]
+    return torch.cat(rows) if rows else control.new_empty(0, knots)
 
 
 def bezier_intensity(
@@ -376,10 +431,18 @@ def bezier_intensity(
     lut = bezier_lut(control, decreasing, n_points, knots)
     slope = torch.nn.functional.pad(lut.diff(dim=1), (0, 1)).to(x.dtype)  # (b, knots), 0 after the last knot
     lut = lut.to(x.dtype)
-    pos = _select(x, idx).reshape(b, -1) * (knots - 1)
+    sub = x.index_select(0, idx)  # a copy, mapped in place chunk by chunk
+    for part in _chunks(b, x[0].numel() * x.element_size(), x.device):
+        sub[part] = _apply_lut(sub[part], lut[part], slope[part])
+    return _subset(x, idx, sub)
+
+
+def _apply_lut(x: torch.Tensor, lut: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    """Map ``x: (n, C, *spatial)`` in [0, 1] through per-sample uniform tables ``lut, slope: (n, knots)`` (value and
+    forward difference at ``k / (knots - 1)``) with linear interpolation: O(1) per voxel. Returns ``x``'s shape."""
+    pos = x.reshape(x.shape[0], -1) * (lut.shape[1] - 1)
     left = pos.long()
-    mapped = torch.addcmul(lut.gather(1, left), pos.frac_(), slope.gather(1, left)).clamp_(0.0, 1.0)
-    return _subset(x, idx, mapped.view(b, *x.shape[1:]))
+    return torch.addcmul(lut.gather(1, left), pos.frac_(), slope.gather(1, left)).clamp_(0.0, 1.0).view(x.shape)
 
 
 # ------------------------------------------------------------------------------------------------ painting
@@ -402,6 +465,24 @@ def _paint_boxes(spatial: tuple[int, ...], b: int, k: int, low: list[int], high:
     size = _randint(torch.tensor(low, device=device).expand(b, k, -1), torch.tensor(high, device=device), generator)
     corner = _randint(torch.full_like(size, 3), torch.tensor(spatial, device=device) - size - 3, generator)
     return corner, size
+
+
+def _paint(
+    x: torch.Tensor, idx: torch.Tensor, corner: torch.Tensor, size: torch.Tensor, active: torch.Tensor,
+    inside: bool, generator: torch.Generator,
+) -> torch.Tensor:
+    """``x: (B, C, *spatial)`` with uniform noise in [0, 1) inside (in-painting) or outside (out-painting) the union
+    of the active boxes (corner, size ``(b, K, D)``, active ``(b, K)``) of the samples ``idx: (b,)``.
+
+    Noise is drawn only for the painted voxels (in C order), one chunk of samples at a time (``_chunks``).
+    """
+    sub = x.index_select(0, idx)  # a copy, painted in place chunk by chunk
+    for part in _chunks(idx.numel(), x[0].numel(), x.device):  # item: the sample's bool mask
+        boxes = _box_mask(corner[part], size[part], active[part], tuple(x.shape[2:]))
+        mask = (boxes if inside else ~boxes)[:, None].expand_as(sub[part])
+        noise = torch.rand(int(torch.count_nonzero(mask)), generator=generator, device=x.device, dtype=x.dtype)
+        sub[part].masked_scatter_(mask, noise)
+    return _subset(x, idx, sub)
 
 
 def inpaint(
@@ -429,9 +510,7 @@ def inpaint(
     corner, size = _paint_boxes(spatial, idx.numel(), max_blocks, low, high, generator, x.device)
     start = torch.rand(idx.numel(), generator=generator, device=x.device) < continue_rate
     active = _chain(start, max_blocks, continue_rate, generator)
-    mask = _box_mask(corner, size, active, spatial)[:, None].expand(-1, x.shape[1], *spatial)
-    noise = torch.rand(int(mask.sum()), generator=generator, device=x.device, dtype=x.dtype)
-    return _subset(x, idx, _select(x, idx).masked_scatter(mask, noise))
+    return _paint(x, idx, corner, size, active, True, generator)
 
 
 def outpaint(
@@ -458,10 +537,7 @@ def outpaint(
         return x.clone()
     corner, size = _paint_boxes(spatial, idx.numel(), max_windows, low, high, generator, x.device)
     first = torch.ones(idx.numel(), dtype=torch.bool, device=x.device)
-    keep = _box_mask(corner, size, _chain(first, max_windows, continue_rate, generator), spatial)[:, None]
-    sub = _select(x, idx)
-    noise = torch.rand(sub.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return _subset(x, idx, torch.where(keep, sub, noise))
+    return _paint(x, idx, corner, size, _chain(first, max_windows, continue_rate, generator), False, generator)
 
 
 # ----------------------------------------------------------------------------------------------- the pipeline

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from eden_lib.losses import BarlowTwinsLoss
-from eden_lib.methods.branches.two_view import Discriminative, TwoViewConfig, TwoViewMethod, pooled
+from eden_lib.methods.branches.two_view import Discriminative, TwoViewConfig, TwoViewMethod
 from eden_lib.models.backbones import ResNetEncoder
 from eden_lib.models.heads import barlow_twins_projector
 
@@ -61,7 +61,7 @@ class BarlowTwinsBranch(Discriminative):
         generator: torch.Generator,
         stages1: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        z1 = self.projector(pooled(self.view1_stages(view1, stages1)))
+        z1 = self.projected_view1(view1, stages1)
         z2 = self.projector(self.encoder(view2))
         return {"loss_dis": self.criterion(z1, z2)}
 

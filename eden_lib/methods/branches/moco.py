@@ -24,7 +24,7 @@ from torch import nn
 
 from eden_lib.losses import InfoNCELoss
 from eden_lib.methods.base import MethodConfigError
-from eden_lib.methods.branches.two_view import Discriminative, TwoViewConfig, TwoViewMethod, pooled
+from eden_lib.methods.branches.two_view import Discriminative, TwoViewConfig, TwoViewMethod
 from eden_lib.models.backbones import ResNetEncoder
 from eden_lib.models.ema import momentum_copy, momentum_update
 from eden_lib.models.heads import moco_v2_projector
@@ -130,7 +130,7 @@ class MoCoV2Branch(Discriminative):
         generator: torch.Generator,
         stages1: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        q = F.normalize(self.projector(pooled(self.view1_stages(view1, stages1))), dim=1)
+        q = F.normalize(self.projected_view1(view1, stages1), dim=1)
         k = self.keys(view2, generator)
         loss = self.criterion(q, k, self.queue.clone())
         self.enqueue(k)

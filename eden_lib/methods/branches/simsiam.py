@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from eden_lib.losses import SymmetricNegativeCosineLoss
-from eden_lib.methods.branches.two_view import Discriminative, TwoViewConfig, TwoViewMethod, pooled
+from eden_lib.methods.branches.two_view import Discriminative, TwoViewConfig, TwoViewMethod
 from eden_lib.models.backbones import ResNetEncoder
 from eden_lib.models.heads import simsiam_predictor, simsiam_projector
 
@@ -56,7 +56,7 @@ class SimSiamBranch(Discriminative):
         generator: torch.Generator,
         stages1: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        z1 = self.projector(pooled(self.view1_stages(view1, stages1)))
+        z1 = self.projected_view1(view1, stages1)
         z2 = self.projector(self.encoder(view2))
         return {"loss_dis": self.criterion(self.predictor(z1), self.predictor(z2), z1, z2)}
 

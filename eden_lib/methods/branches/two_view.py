@@ -98,6 +98,8 @@ def pooled(stages: list[torch.Tensor]) -> torch.Tensor:
 class Discriminative(nn.Module):
     """Base of the instance-discrimination branches; subclasses build their heads from ``cfg`` in ``__init__``."""
 
+    projector: nn.Module  #: the online projection head every branch builds
+
     def __init__(self, encoder: ResNetEncoder) -> None:
         super().__init__()
         self.encoder = encoder
@@ -109,6 +111,11 @@ class Discriminative(nn.Module):
     def view1_stages(self, view1: torch.Tensor, stages1: list[torch.Tensor] | None) -> list[torch.Tensor]:
         """``stages1`` when the caller already ran :meth:`stages` on ``view1`` (CAiD / DiRA), else that pass."""
         return stages1 if stages1 is not None else self.stages(view1)
+
+    def projected_view1(self, view1: torch.Tensor, stages1: list[torch.Tensor] | None) -> torch.Tensor:
+        """The online projection of ``view1``: ``projector(pooled(stages))`` ``(B, projector output)``; every
+        branch names its projection head ``projector``."""
+        return self.projector(pooled(self.view1_stages(view1, stages1)))
 
     def loss(
         self,

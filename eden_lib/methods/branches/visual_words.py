@@ -13,7 +13,8 @@ Transformation, inside ``forward`` with the step's generator (§3.3, released Py
 deformed (:func:`elastic_deform`, alpha 991, sigma 8, in-plane; with ``elastic_rate``, officially always), then gets
 exactly one of four Genesis perturbations, each with probability 0.25, from :mod:`eden_lib.transforms.genesis` with
 the TransVW counts: local pixel shuffling of only 5 blocks, the Bezier intensity map, in-painting of one box,
-out-painting keeping one window. No flips. Targets: the clean, *undeformed* crop (the decoder also undoes the warp)
+out-painting keeping one window (noise-filled as the PyTorch code, or constant-filled as the Keras code:
+``painting``). No flips. Targets: the clean, *undeformed* crop (the decoder also undoes the warp)
 and the label.
 
 Loss (§3.4): ``lambda_rec * MSE(restored, clean) + lambda_cls * CE(logits, label)`` with lambda_rec 1 and
@@ -40,6 +41,7 @@ from eden_lib.methods import networks
 from eden_lib.methods.base import BuildContext, Method, MethodConfigError
 from eden_lib.models.unet3d import UNet3D, YNet3D
 from eden_lib.transforms.genesis import bezier_intensity, inpaint, local_pixel_shuffle, outpaint
+from eden_lib.transforms.keras_painting import keras_inpaint, keras_outpaint
 
 #: the one-of-four perturbations, in the order of their probability fields
 PERTURBATIONS = ("shuffle_p", "nonlinear_p", "inpaint_p", "outpaint_p")
@@ -62,6 +64,9 @@ class VisualWordsConfig:
         shuffle_p, nonlinear_p, inpaint_p, outpaint_p: the one-of-four perturbation, 0.25 each [§3.3]; a sum below
             1 leaves the rest of the samples unperturbed (the released code has no such option).
         shuffle_blocks: blocks of the local pixel shuffling, 5 [§3.3; Models Genesis 10,000].
+        painting: ``"pytorch"`` (noise-filled boxes, the released PyTorch code) or ``"keras"`` (one constant per
+            sample, box sides 10-20 voxels of a 64 x 64 x 32 crop, the released Keras code;
+            :mod:`eden_lib.transforms.keras_painting`) [§3.3].
     """
 
     dims: tuple[int, ...] = (2, 3)
@@ -79,6 +84,7 @@ class VisualWordsConfig:
     inpaint_p: float = 0.25
     outpaint_p: float = 0.25
     shuffle_blocks: int = 5
+    painting: str = "pytorch"
 
     def fail(self, name: str, key: str, expected: str) -> MethodConfigError:
         """An error naming ``methods.<name>.<key>``, its value and what is allowed."""
@@ -100,6 +106,7 @@ class VisualWordsConfig:
             ("elastic_alpha", self.elastic_alpha >= 0, ">= 0 (voxels)"),
             ("elastic_sigma", self.elastic_sigma > 0, "> 0 (voxels)"),
             ("shuffle_blocks", self.shuffle_blocks >= 0, "an integer >= 0"),
+            ("painting", self.painting in ("pytorch", "keras"), "'pytorch' or 'keras'"),
             *((key, 0 <= getattr(self, key) <= 1, "a probability in [0, 1]") for key in PERTURBATIONS),
         ]
         for key, ok, expected in checks:
@@ -218,6 +225,8 @@ class VisualWordsMethod(Method):
             choice = torch.bucketize(u, edges, right=True)  # 0..3, or 4 (none) past the summed probabilities
             x = local_pixel_shuffle(x, choice == 0, generator, n_blocks=cfg.shuffle_blocks)
             x = bezier_intensity(x, choice == 1, generator)
+            if cfg.painting == "keras":
+                return keras_outpaint(keras_inpaint(x, choice == 2, generator), choice == 3, generator)
             x = inpaint(x, choice == 2, generator, max_blocks=1, continue_rate=1.0)
             return outpaint(x, choice == 3, generator, max_windows=1)
 
