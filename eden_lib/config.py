@@ -58,6 +58,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "pretrain.amp": (lambda v: isinstance(v, bool), "true or false"),
     "pretrain.image_passes_2d": (_positive_int, "a positive integer"),
     "pretrain.volume_passes_3d": (_positive_int, "a positive integer"),
+    "pretrain.monitor_samples": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                                 "an integer >= 0 (0: no monitored loss)"),
     "transfer.seeds": (_int_list, "a non-empty list of integers"),
     "transfer.label_fractions": (
         lambda v: isinstance(v, list) and len(v) > 0 and all(_fraction(f) for f in v),

@@ -1,12 +1,14 @@
 """The one training loop every method runs through.
 
 It owns what methods should not: the device (CUDA if present, else CPU), bf16 autocast on GPU, per-epoch seeded
-randomness, progress (a log file, never the executed notebook), per-epoch metrics, atomic checkpoints after every
-epoch, resume from the last one, a clear stop on a non-finite loss, and DistributedDataParallel when launched by
+randomness, progress (a log file, never the executed notebook), per-epoch metrics (the training loss and, on fixed held-out batches, a monitored loss that is
+comparable across epochs), atomic checkpoints after every epoch, resume from the last one, a clear stop on a non-finite loss, and DistributedDataParallel when launched by
 ``torchrun``. A method is an ``nn.Module`` whose ``forward(batch, generator)`` returns ``{"loss": ..., **scalars}``
 and may define ``after_step()`` (momentum / EMA updates), ``auxiliary_optimizers()`` (optimisers it steps itself,
-e.g. a GAN discriminator's; checkpointed with the main one) and ``ddp_find_unused_parameters`` (True when some of
-its parameters take no part in the loss, e.g. a decoder kept only for export).
+e.g. a GAN discriminator's; checkpointed with the main one), ``ddp_find_unused_parameters`` (True when some of
+its parameters take no part in the loss, e.g. a decoder kept only for export) and ``ddp_ignored_modules`` (names of
+submodules DDP must leave alone because the method synchronises them itself, e.g. a discriminator it steps with
+:func:`eden_lib.distributed.average_gradients`).
 
 Resume is exact on CPU: each epoch draws its randomness from a generator seeded by (seed, epoch), so a run killed
 after epoch k and resumed gives the same weights as one that never stopped.
@@ -31,6 +33,7 @@ from torch import nn
 from eden_lib.checkpoints import load_checkpoint, save_atomic
 
 BatchFactory = Callable[[int, torch.Generator], Iterable[dict[str, torch.Tensor]]]
+Batch = dict[str, torch.Tensor]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,6 +81,8 @@ class TrainConfig:
         log_file: progress lines go here (``None``: stderr when it is a terminal, else nowhere).
         stop_after_epochs: stop (as if killed) after this many epochs of this call; for tests and time-boxing.
         verbose: print one line of metrics per epoch.
+        monitor: fixed held-out batches; after every epoch the model's loss on them (eval mode, no gradients, the
+            same randomness every epoch) is recorded as ``monitor_loss`` (and ``monitor_<term>`` per loss term).
     """
 
     epochs: int
@@ -89,6 +94,7 @@ class TrainConfig:
     log_file: Path | None = None
     stop_after_epochs: int | None = None
     verbose: bool = True
+    monitor: list[Batch] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -144,14 +150,36 @@ def fit(
             the remainder that would leave ranks with unequal step counts is dropped.
 
     Returns:
-        One dict per epoch: ``epoch``, ``loss`` and every other scalar the method returned (epoch means), ``lr``,
-        ``seconds``.
+        One dict per epoch: ``epoch``, ``loss`` and every other scalar the method returned (epoch means), the
+        ``monitor_*`` losses when ``cfg.monitor`` is set, ``lr``, ``seconds``.
 
     Raises:
         NonFiniteLossError: a loss was NaN or infinite (names the epoch, step and value).
     """
     with flush_denormal():
         return _fit(model, batches, optimizer, cfg, scheduler, steps_per_epoch)
+
+
+@torch.no_grad()
+def monitor_loss(model: nn.Module, batches: list[Batch], device: torch.device, seed: int) -> dict[str, float]:
+    """Mean losses of ``model`` over fixed ``batches`` in eval mode: ``{"monitor_loss": ..., "monitor_<term>": ...}``.
+
+    The training loss of an epoch mixes weights of the whole epoch and, for queue or EMA methods, negatives and
+    targets that drift with them (MoCo's first ``queue_size / batch_size`` steps even see random keys); this one
+    scores one set of weights on the same samples and augmentations every epoch. Methods keep their running state
+    unchanged in eval mode (no enqueue, no centre update). Batch norm uses its running statistics.
+    """
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed * 1_000_003 - 1)
+    sums: dict[str, float] = {}
+    for batch in batches:
+        out = model(_to(batch, device), generator)
+        for key, value in out.items():
+            if key == "loss" or key.startswith("loss_"):
+                sums[f"monitor_{key}"] = sums.get(f"monitor_{key}", 0.0) + float(value)
+    model.train(was_training)
+    return {k: v / len(batches) for k, v in sums.items()}
 
 
 def _fit(
@@ -186,6 +214,11 @@ def _fit(
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
+        from eden_lib.distributed import ignored_names
+
+        ignored = ignored_names(model, getattr(model, "ddp_ignored_modules", ()))
+        if ignored:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
         runner = DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
@@ -232,6 +265,8 @@ def _fit(
             if n == 0:
                 raise RuntimeError(f"epoch {epoch} produced no batches; check the data and batch size")
             row = {"epoch": epoch, **{k: v / n for k, v in sums.items()}}
+            if cfg.monitor:
+                row.update(monitor_loss(model, cfg.monitor, device, cfg.seed))
             row["lr"] = float(optimizer.param_groups[0]["lr"])
             row["seconds"] = time.perf_counter() - t0
             if not all(math.isfinite(v) for v in row.values()):

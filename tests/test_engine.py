@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from eden_lib.engine import NonFiniteLossError, TrainConfig, fit
+from eden_lib.engine import NonFiniteLossError, TrainConfig, fit, monitor_loss
 
 
 class TinyRegression(nn.Module):
@@ -143,3 +143,41 @@ def test_denormals_are_flushed_during_training_only(tmp_path):
     fit(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), TrainConfig(epochs=1, seed=0, verbose=False))
     assert model.seen and all(v == 0.0 for v in model.seen)
     assert float(torch.full((1,), 1e-38) * torch.full((1,), 1e-2)) > 0  # restored afterwards
+
+
+class RandomisedRegression(TinyRegression):
+    """Adds generator noise to its loss and counts the calls it sees in train mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_calls = 0
+
+    def forward(self, batch, generator):
+        self.train_calls += self.training
+        out = super().forward(batch, generator)
+        return {**out, "loss_noise": torch.rand((), generator=generator)}
+
+
+def test_monitored_loss_scores_fixed_batches_after_each_epoch(tmp_path):
+    monitor = list(batches(0, torch.Generator().manual_seed(9)))
+    torch.manual_seed(0)
+    model = RandomisedRegression()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    history = fit(model, batches, opt, TrainConfig(epochs=3, seed=3, device="cpu", monitor=monitor))
+    assert model.train_calls == 15 and model.training  # monitoring runs in eval mode and restores train mode
+    assert history[-1]["monitor_loss"] < history[0]["monitor_loss"]
+    noise = {h["monitor_loss_noise"] for h in history}
+    assert len(noise) == 1  # the same draws every epoch
+    again = monitor_loss(model, monitor, torch.device("cpu"), seed=3)
+    with torch.no_grad():
+        expected = sum(float(((model.lin(b["x"]) - b["y"]) ** 2).mean()) for b in monitor) / len(monitor)
+    assert again["monitor_loss"] == pytest.approx(expected, rel=1e-6)
+    assert "monitor_abs_err" not in again  # only losses are monitored
+
+
+def test_monitoring_leaves_training_unchanged(tmp_path):
+    plain, _ = _run(tmp_path / "plain")
+    monitored, history = _run(tmp_path / "monitored", monitor=list(batches(0, torch.Generator().manual_seed(9))))
+    assert "monitor_loss" in history[0]
+    for a, b in zip(plain.state_dict().values(), monitored.state_dict().values()):
+        assert torch.equal(a, b)

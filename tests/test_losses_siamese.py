@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import BarlowTwinsLoss as MonaiBarlowTwinsLoss
 
-from eden_lib.losses import BarlowTwinsLoss, InfoNCELoss, LSGANLoss, SymmetricNegativeCosineLoss
+from eden_lib.losses import BarlowTwinsLoss, InfoNCELoss, LSGANLoss, SymmetricNegativeCosineLoss, in_batch_info_nce
 
 
 def test_info_nce_hand_value():
@@ -26,6 +26,18 @@ def test_info_nce_matches_a_naive_loop():
         logits = [float(q[i] @ k[i]) / 0.2] + [float(q[i] @ queue[j]) / 0.2 for j in range(7)]
         total += -logits[0] + math.log(sum(math.exp(v) for v in logits))
     assert InfoNCELoss(0.2)(q, k, queue).item() == pytest.approx(total / 5, rel=1e-5)
+
+
+def test_in_batch_info_nce_matches_a_naive_loop_and_chance():
+    g = torch.Generator().manual_seed(1)
+    q, k = (F.normalize(torch.randn(6, 8, generator=g), dim=1) for _ in range(2))
+    total = 0.0
+    for i in range(6):
+        logits = [float(q[i] @ k[j]) / 0.1 for j in range(6)]
+        total += -logits[i] + math.log(sum(math.exp(v) for v in logits))
+    assert in_batch_info_nce(q, k, 0.1).item() == pytest.approx(total / 6, rel=1e-5)
+    same = F.normalize(torch.ones(6, 8), dim=1)  # indistinguishable keys: chance, ln B
+    assert in_batch_info_nce(same, same, 0.2).item() == pytest.approx(math.log(6), rel=1e-6)
 
 
 def _naive_barlow(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> float:

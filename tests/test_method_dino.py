@@ -79,6 +79,16 @@ def test_step_counter_and_centre_survive_a_state_dict_round_trip():
     assert fresh.loss.center.abs().sum() > 0
 
 
+def test_eval_mode_leaves_the_centre_alone():
+    method = dino()
+    step(method, method.configure_optimizer(), renders())
+    center = method.loss.center.clone()
+    method.eval()
+    with torch.no_grad():
+        method(renders(1), torch.Generator().manual_seed(2))
+    assert torch.equal(method.loss.center, center) and center.abs().sum() > 0
+
+
 def test_a_run_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path):
     images = (np.random.default_rng(0).random((16, 64, 64)) * 255).astype(np.uint8)
     factory = render_batches(images, np.zeros((16, 3), np.float32), np.arange(16), 8, 2)

@@ -1,4 +1,4 @@
-"""Every registered method: one step on CPU, the loss falls over a few steps, exports round-trip strictly."""
+"""Every registered method: one step on CPU, the loss falls over a few steps (last three against first three), exports round-trip strictly."""
 
 import pytest
 import torch
@@ -68,7 +68,8 @@ def test_method_trains_and_exports(name, dims, tmp_path):
             if hasattr(method, "after_step"):
                 method.after_step()
             losses.append(out.get("loss_res", out["loss"]).item())  # CAiD / DiRA: the restoration must improve
-        assert name in QUEUE_FED or losses[-1] < losses[0], losses
+        # the mean of the last three steps against the first three: one step of a batch-of-4 method is noisy
+        assert name in QUEUE_FED or sum(losses[-3:]) < sum(losses[:3]), losses
     for export, module in method.exports().items():
         save_weights(module, tmp_path / f"{export}.pt")
         fresh = build_method(name, BLOCKS[name], ctx(dims)).exports()[export]

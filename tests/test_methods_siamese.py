@@ -1,6 +1,8 @@
 """MoCo-v2, Barlow Twins, SimSiam, CAiD and DiRA on CPU at tiny widths: momentum branch, queue, shuffle-BN,
 DiRA's discriminator step and its checkpointing, restoration, config errors."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -95,6 +97,22 @@ def test_moco_queue_is_a_fifo_of_the_keys():
     assert int(branch.queue_ptr) == 4  # wrapped: rows 4..11 then 0..3 (the oldest)
     torch.testing.assert_close(branch.queue[4:8], marks[0])
     torch.testing.assert_close(branch.queue[:4], marks[2])
+
+
+@pytest.mark.parametrize("name, block", [("moco_v2", MOCO), ("caid", TINY),
+                                         ("dira", {**DIRA, "warmup_fraction": 0.0})])
+def test_eval_mode_leaves_queue_and_discriminator_alone(name, block):
+    """Monitoring (eval mode) scores the batch with in-batch negatives and changes no running state."""
+    method = build(name, block)
+    branch = method.discriminative
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    method.eval()
+    with torch.no_grad():
+        out = method(renders(), torch.Generator().manual_seed(1))
+    assert all(torch.equal(value, before[key]) for key, value in method.state_dict().items())
+    assert int(branch.queue_ptr) == 0 and getattr(method, "_pair", None) is None  # DiRA: no D step pending
+    # chance of 4 in-batch keys is ln 4 (the queue of 16 would give ~ln 17 at initialisation)
+    assert abs(float(out["loss_dis" if name != "moco_v2" else "loss"]) - math.log(4)) < 0.5
 
 
 def test_moco_loss_falls_against_a_fixed_queue():

@@ -65,3 +65,38 @@ def test_pretraining_fingerprint_follows_the_prepared_data(monkeypatch, tmp_path
     assert fingerprint(cfg, "simsiam", 2) != first
     with pytest.raises(FileNotFoundError, match="prepared ct data"):
         fingerprint(cfg, "models_genesis", 3)
+
+
+def _tiny_cxr(tmp_path, splits: list[str]) -> None:
+    """Prepared CXR whose image i is filled with the value i (so a batch names its source rows)."""
+    from eden_lib.data.prepared import write_cxr
+
+    n = len(splits)
+    images = np.arange(n, dtype=np.uint8)[:, None, None] * np.ones((1, 16, 16), np.uint8)
+    meta = pd.DataFrame({"patient_id": np.arange(n), "split": splits})
+    write_cxr(paths.prepared_dir("cxr"), images, np.zeros((n, 2, 16, 16)), np.zeros((n, 3, 2)), np.zeros((n, 7)),
+              meta, {})
+
+
+def test_monitor_batches_are_fixed_validation_samples(monkeypatch, tmp_path):
+    import torch
+
+    from eden_lib.config import load_params
+    from eden_lib.methods import build_method
+    from eden_lib.pipeline.pretrain import build_context, monitor_batches
+
+    cfg = load_params(profile="smoke")
+    monkeypatch.setenv("EDEN_ROOT", str(tmp_path))
+    _tiny_cxr(tmp_path, ["train"] * 10 + ["val"] * 5 + ["test"] * 5)
+    cfg["pretrain"]["monitor_samples"] = 6
+    method = build_method("simsiam", {**cfg["methods"]["simsiam"], "batch_size": 4}, build_context(cfg, 2, 7))
+    first = monitor_batches(cfg, method, 2)
+    rows = {round(float(v) * 255) for b in first for v in b["image"].amax(dim=(1, 2, 3))}
+    assert [b["image"].shape[0] for b in first] == [4, 4] and rows <= set(range(10, 15))  # validation rows only
+    again = monitor_batches(cfg, method, 2)
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(first, again))  # the same samples every call
+    cfg["data"]["cxr"]["val_fraction"] = 0  # no validation split: training images
+    rows = {round(float(v) * 255) for b in monitor_batches(cfg, method, 2) for v in b["image"].amax(dim=(1, 2, 3))}
+    assert rows <= set(range(10))
+    cfg["pretrain"]["monitor_samples"] = 0
+    assert monitor_batches(cfg, method, 2) == []

@@ -2,8 +2,9 @@
 
 from eden_lib.losses.barlow_twins import BarlowTwinsLoss
 from eden_lib.losses.dino import DINOLoss
-from eden_lib.losses.info_nce import InfoNCELoss
+from eden_lib.losses.info_nce import InfoNCELoss, in_batch_info_nce
 from eden_lib.losses.lsgan import LSGANLoss
 from eden_lib.losses.negative_cosine import SymmetricNegativeCosineLoss, negative_cosine
 
-__all__ = ["BarlowTwinsLoss", "DINOLoss", "InfoNCELoss", "LSGANLoss", "SymmetricNegativeCosineLoss", "negative_cosine"]
+__all__ = ["BarlowTwinsLoss", "DINOLoss", "InfoNCELoss", "LSGANLoss", "SymmetricNegativeCosineLoss", "in_batch_info_nce",
+           "negative_cosine"]

@@ -64,7 +64,8 @@ class DINOLoss(nn.Module):
             cross = -torch.einsum("gbk,vbk->gv", targets, log_probs) / student.shape[1]
         different = ~torch.eye(n_global, n_views, dtype=torch.bool, device=cross.device)
         loss = cross[different].mean()
-        self.update_center(teacher.detach().flatten(0, 1))
+        if self.training:  # eval mode (monitoring) leaves the centre as it is
+            self.update_center(teacher.detach().flatten(0, 1))
         return loss
 
     @torch.no_grad()

@@ -3,6 +3,9 @@
 ``L = CE([q.k+, q.queue^T] / tau, label 0)``: each query must pick its own key among the keys of a queue of earlier
 batches. MONAI's ``ContrastiveLoss`` is SimCLR's NT-Xent over the 2B views of one batch (no queue, no separate
 positive), so it does not compute this.
+
+:func:`in_batch_info_nce` scores the same queries with the other keys of their batch as negatives: the queue is a
+training device whose keys drift with the encoder, so the study monitors MoCo on fixed held-out batches this way.
 """
 
 from __future__ import annotations
@@ -39,3 +42,16 @@ class InfoNCELoss(nn.Module):
         negative = q @ queue.t()  # (B, K)
         logits = torch.cat([positive, negative], dim=1).float() / self.temperature
         return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def in_batch_info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``CE(q k^T / tau, diag)``: each query must pick its own key among the ``B`` keys of its batch (chance ``ln B``).
+
+    Args:
+        q: ``(B, D)`` queries, L2-normalised.
+        k: ``(B, D)`` keys, L2-normalised; row i is query i's positive.
+    Returns:
+        scalar.
+    """
+    logits = (q @ k.t()).float() / temperature
+    return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))

@@ -3,7 +3,8 @@
 CAiD (:mod:`eden_lib.methods.branches.restorative`) plus a PatchGAN discriminator on the restored image,
 least-squares GAN, ``L = 1 * L_dis + 10 * L_res + 0.001 * L_adv``; the discriminator has its own Adam (lr 2e-4,
 betas (0.5, 0.999)) and takes one step after every generator step (:meth:`DiRA.after_step`). Its optimiser state is
-saved with the checkpoint (:meth:`DiRA.auxiliary_optimizers`).
+saved with the checkpoint (:meth:`DiRA.auxiliary_optimizers`). Under DDP the discriminator is left out of the
+wrapper (it is stepped outside the DDP forward) and its gradients are averaged over ranks before its step.
 
 The two stages: the released recipe trains ``dir`` (= CAiD) for 1,200 epochs, then ``dira`` for 400 from that
 checkpoint (optimiser and cosine restart, batch 16). Here one run does both: the first ``warmup_fraction`` of the
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from eden_lib.distributed import average_gradients
 from eden_lib.losses import LSGANLoss
 from eden_lib.methods.base import BuildContext
 from eden_lib.methods.branches.restorative import CAiDConfig, DiscriminativeRestorative
@@ -74,7 +76,7 @@ class DiRA(DiscriminativeRestorative):
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.total_steps: int | None = None
         self._pair: tuple[torch.Tensor, torch.Tensor] | None = None  # (real, detached fake) for the D step
-        self.ddp_find_unused_parameters = True  # the discriminator takes no part in the generator's graph
+        self.ddp_ignored_modules = ("discriminator",)  # its own optimiser; gradients averaged in after_step
 
     def set_total_steps(self, n: int) -> None:
         """The run's optimizer steps (called by the pipeline before training): sets where stage 2 begins."""
@@ -96,7 +98,8 @@ class DiRA(DiscriminativeRestorative):
             frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
             out["loss_adv"] = self.gan.generator(functional_call(self.discriminator, frozen, (restored,)))
             out["loss"] = out["loss"] + self.cfg.adv_weight * out["loss_adv"]
-            self._pair = (clean.detach().float(), restored.detach().float())  # the D step runs outside autocast
+            if self.training:  # the D step runs outside autocast, and never after a monitoring pass
+                self._pair = (clean.detach().float(), restored.detach().float())
         return out
 
     def after_step(self) -> None:
@@ -107,6 +110,7 @@ class DiRA(DiscriminativeRestorative):
             d_loss = self.gan.discriminator(self.discriminator(real), self.discriminator(fake))
             self.d_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
+            average_gradients(self.discriminator.parameters())  # DDP ignores D: the mean over ranks, by hand
             self.d_optimizer.step()
             self._pair = None
         self.steps_done += 1

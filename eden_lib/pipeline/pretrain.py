@@ -62,31 +62,51 @@ def fingerprint(cfg: dict, method: str, dims: int) -> str:
     return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()
 
 
-def _batches(cfg: dict, method, dims: int, steps: int):
+def _batches(cfg: dict, method, dims: int, steps: int, split: str = "train", batch_size: int | None = None):
+    """The batch factory of ``method``'s data in ``dims`` D: ``steps`` batches an epoch from ``split`` (CXR kinds:
+    ``train`` | ``val``; SynthCT's subvolumes and the visual words exist for training scans only)."""
     from eden_lib.data import batches, prepared
 
     kind = method.data[dims]
-    bs = method.cfg.batch_size
+    bs = batch_size or method.cfg.batch_size
     if kind == "cxr_images":
         cxr = prepared.load_cxr()
-        train = cxr.split_indices("train")
-        return batches.cxr_batches(cxr.images, cxr.labels, train, bs, steps, cfg["data"]["image_size"])
+        rows = cxr.split_indices(split)
+        return batches.cxr_batches(cxr.images, cxr.labels, rows, min(bs, len(rows)), steps, cfg["data"]["image_size"])
     if kind == "cxr_renders":
         cxr = prepared.load_cxr()
-        return batches.render_batches(cxr.images, cxr.labels, cxr.split_indices("train"), bs, steps)
+        rows = cxr.split_indices(split)
+        return batches.render_batches(cxr.images, cxr.labels, rows, min(bs, len(rows)), steps)
     if kind == "visual_words":
         from eden_lib.pipeline.self_discovery import load_visual_words
 
         crops, labels, _ = load_visual_words(dims)
-        return batches.class_batches(crops, labels, bs, steps)
+        return batches.class_batches(crops, labels, min(bs, len(crops)), steps)
     ct = prepared.load_ct()
     if kind == "ct_subvolumes":
-        return batches.volume_batches(ct.subvolumes, None, np.arange(len(ct.subvolumes)), bs, steps)
+        return batches.volume_batches(ct.subvolumes, None, np.arange(len(ct.subvolumes)), min(bs, len(ct.subvolumes)),
+                                      steps)
     if kind == "ct_candidates":
-        train = ct.candidate_indices("train")
+        rows = ct.candidate_indices("train")
         labels = ct.candidate_meta["label"].to_numpy()
-        return batches.volume_batches(ct.candidates, labels, train, bs, steps)
+        return batches.volume_batches(ct.candidates, labels, rows, min(bs, len(rows)), steps)
     raise ValueError(f"method {method.name} asks for unknown data {kind!r}")
+
+
+def monitor_batches(cfg: dict, method, dims: int) -> list[dict]:
+    """The fixed batches the monitored loss is scored on every epoch (:func:`eden_lib.engine.monitor_loss`):
+    ``pretrain.monitor_samples`` samples drawn once with the study seed (a smaller pool is sampled again), from the
+    CXR validation split in 2D (training images when ``data.cxr.val_fraction`` is 0) and from the training data in
+    3D and for visual words (the only data those exist for). Empty when ``monitor_samples`` is 0."""
+    import torch
+
+    n = cfg["pretrain"]["monitor_samples"]
+    if not n:
+        return []
+    bs = min(method.cfg.batch_size, n)
+    split = "val" if dims == 2 and cfg["data"]["cxr"]["val_fraction"] > 0 else "train"
+    factory = _batches(cfg, method, dims, math.ceil(n / bs), split, bs)
+    return list(factory(0, torch.Generator().manual_seed(cfg["seed"])))
 
 
 def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None = None) -> dict:
@@ -124,6 +144,7 @@ def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None
                 amp=p["amp"],
                 log_file=paths.logs_dir() / f"pretrain_{name}_{dims}d.log",
                 stop_after_epochs=stop_after_epochs,
+                monitor=monitor_batches(cfg, method, dims),
                 extra={"name": f"{name} {dims}D"},
             ),
             scheduler=method.configure_scheduler(optimizer, epochs),
@@ -171,7 +192,7 @@ def run_pretrain(cfg: dict, name: str, stop_after_epochs: int | None = None) -> 
         return pd.DataFrame()
     curve = pd.DataFrame(
         [{"dims": f"{r['dims']}d", **row} for r in results for row in r["history"]],
-        columns=["dims", "epoch", "loss", "lr", "seconds"],
+        columns=["dims", "epoch", "loss", "monitor_loss", "lr", "seconds"],
     )
     metrics = {
         "method": name,
@@ -182,6 +203,8 @@ def run_pretrain(cfg: dict, name: str, stop_after_epochs: int | None = None) -> 
                 "epochs": len(r["history"]),
                 "first_loss": r["history"][0]["loss"] if r["history"] else None,
                 "final_loss": r["history"][-1]["loss"] if r["history"] else None,
+                "first_monitor_loss": r["history"][0].get("monitor_loss") if r["history"] else None,
+                "final_monitor_loss": r["history"][-1].get("monitor_loss") if r["history"] else None,
                 "terms": loss_terms(r["history"]),
             }
             for r in results
@@ -190,7 +213,7 @@ def run_pretrain(cfg: dict, name: str, stop_after_epochs: int | None = None) -> 
     write_json(metrics, paths.metrics_file("pretrain", name))
     plot = paths.reports_dir() / "plots" / "pretrain" / f"{name}.csv"
     plot.parent.mkdir(parents=True, exist_ok=True)
-    curve[["dims", "epoch", "loss", "lr"]].to_csv(plot, index=False)
+    curve[["dims", "epoch", "loss", "monitor_loss", "lr"]].to_csv(plot, index=False)
     return curve
 
 

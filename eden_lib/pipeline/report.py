@@ -162,6 +162,10 @@ def _words_lines(cfg: dict) -> list[str]:
     return lines + [f"Painting recipe (the released PyTorch noise fill or Keras constant fill): {recipes}.", ""]
 
 
+def _first_final(first: float | None, final: float | None) -> str:
+    return "" if first is None or final is None else f"{first:.4g} -> {final:.4g}"
+
+
 def pretrain_section(cfg: dict) -> list[str]:
     rows = []
     for method in cfg["active_methods"]:
@@ -171,9 +175,18 @@ def pretrain_section(cfg: dict) -> list[str]:
                 rows.append({"method": method, "dims": dims, "budget (encoder passes)": m[dims]["budget_passes"],
                              "epochs": m[dims]["epochs"], "first loss": m[dims]["first_loss"],
                              "final loss": m[dims]["final_loss"],
+                             "monitored loss (first -> final)": _first_final(m[dims].get("first_monitor_loss"),
+                                                                             m[dims].get("final_monitor_loss")),
                              "loss terms (first -> final)": ", ".join(
                                  f"{t} {v['first']:.3g} -> {v['final']:.3g}" for t, v in m[dims]["terms"].items())})
-    out = ["## Pretraining", "", markdown_table(pd.DataFrame(rows), float_fmt=".4g"), ""]
+    out = ["## Pretraining", "",
+           "Training loss: the mean over an epoch's steps. Monitored loss: the same loss on "
+           f"{cfg['pretrain']['monitor_samples']} fixed held-out samples (CXR validation split; 3D: training data) "
+           "with the same augmentations after every epoch, in eval mode: comparable across epochs, where the "
+           "training loss of queue and EMA methods is not (MoCo's negatives drift with the encoder and its first "
+           "queue_size / batch_size steps see random keys; its monitored InfoNCE takes the other keys of the batch "
+           "as negatives, chance ln B).", "",
+           markdown_table(pd.DataFrame(rows), float_fmt=".4g"), ""]
     out += [f"![{m} loss](figures/pretrain/{m}.png)" for m in cfg["active_methods"]]
     return out + [""]
 

@@ -23,13 +23,17 @@ def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
 
 
 def loss_curves(curve: pd.DataFrame, title: str) -> Figure:
-    """``curve``: columns dims, epoch, loss; one panel per dimension."""
+    """``curve``: columns dims, epoch, loss and optionally monitor_loss (the loss on fixed held-out batches after
+    each epoch); one panel per dimension."""
     panels = sorted(curve["dims"].unique()) if len(curve) else ["none"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2), squeeze=False, layout="constrained")
     for ax, dims in zip(axes[0], panels):
         part = curve[curve["dims"] == dims]
-        ax.plot(part["epoch"] + 1, part["loss"], marker="o")
-        ax.set(title=f"{title} ({dims})", xlabel="epoch", ylabel="training loss")
+        ax.plot(part["epoch"] + 1, part["loss"], marker="o", label="training (epoch mean)")
+        if "monitor_loss" in part and part["monitor_loss"].notna().any():
+            ax.plot(part["epoch"] + 1, part["monitor_loss"], marker="s", label="monitored (fixed held-out batches)")
+            ax.legend(fontsize=7)
+        ax.set(title=f"{title} ({dims})", xlabel="epoch", ylabel="loss")
     if not len(curve):
         axes[0][0].text(0.5, 0.5, "no pretraining (random initialisation)", ha="center", va="center")
     return fig

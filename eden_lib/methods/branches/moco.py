@@ -9,8 +9,9 @@ Shuffle-BN, single process: the papers compute batch-norm statistics per GPU and
 a query and its key never share batch statistics. Here the query encoder runs over ``bn_splits`` sub-batches in
 natural order and the key encoder over ``bn_splits`` sub-batches of a random permutation (then un-shuffled), so each
 sees per-sub-batch statistics, as ``bn_splits`` GPUs would (MoCo: 8 GPUs x 32 images; DiRA: 4 x 64). Running
-statistics are updated once per sub-batch. Under DDP keys are not gathered across ranks (each rank enqueues its own,
-buffers are broadcast from rank 0): the study runs single-process.
+statistics are updated once per sub-batch. Under DDP each rank keeps emulating its own splits, and the keys of all
+ranks are gathered before they enter the queue (as the released code does), so the queue is the same everywhere
+and holds ``world x batch_size`` keys per step.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eden_lib.losses import InfoNCELoss
+from eden_lib.distributed import gather_rows, world_size
+from eden_lib.losses import InfoNCELoss, in_batch_info_nce
 from eden_lib.methods.base import MethodConfigError
 from eden_lib.methods.branches.two_view import Discriminative, TwoViewConfig, TwoViewMethod
 from eden_lib.models.backbones import ResNetEncoder
@@ -97,11 +99,14 @@ class MoCoV2Branch(Discriminative):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     def set_total_steps(self, n: int) -> None:
-        """Refuse a queue the run cannot fill: its random initial entries would stay negatives to the end."""
-        keys = n * self.cfg.batch_size
+        """Refuse a queue the run cannot fill: its random initial entries would stay negatives to the end.
+        ``n``: optimizer steps of this process (every rank enqueues the keys of all ranks)."""
+        world = world_size()
+        keys = n * self.cfg.batch_size * world
         if self.cfg.queue_size > keys:
+            ranks = f" x {world} ranks" if world > 1 else ""
             raise MethodConfigError(f"queue_size = {self.cfg.queue_size} exceeds the {keys} keys this run enqueues "
-                                    f"({n} steps x batch_size {self.cfg.batch_size}); lower queue_size")
+                                    f"({n} steps x batch_size {self.cfg.batch_size}{ranks}); lower queue_size")
 
     def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Query feature maps over ``bn_splits`` sub-batches in natural order."""
@@ -130,10 +135,14 @@ class MoCoV2Branch(Discriminative):
         generator: torch.Generator,
         stages1: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
+        """InfoNCE against the queue, which then takes the keys; in eval mode (monitoring) the other keys of the
+        batch are the negatives and the queue is left as it is."""
         q = F.normalize(self.projected_view1(view1, stages1), dim=1)
         k = self.keys(view2, generator)
+        if not self.training:
+            return {"loss_dis": in_batch_info_nce(q, k, self.cfg.temperature)}
         loss = self.criterion(q, k, self.queue.clone())
-        self.enqueue(k)
+        self.enqueue(gather_rows(k))
         return {"loss_dis": loss}
 
     def after_step(self) -> None:
