@@ -66,6 +66,10 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a non-empty list of fractions in (0, 1]",
     ),
     "transfer.finetune_fraction": (_fraction, "a fraction in (0, 1]"),
+    "tasks.cxr_segmentation.shots": (
+        lambda v: isinstance(v, list) and len(v) > 0 and all(_positive_int(s) for s in v),
+        "a non-empty list of positive integers (training images per few-shot run)",
+    ),
     "embedding.projections": (
         lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= {"tsne", "umap"},
         "a non-empty list of 'tsne' and/or 'umap'",

@@ -43,6 +43,8 @@ def test_bad_value_names_what_is_allowed():
         load_params(overrides={"pretrain.device": "tpu"})
     with pytest.raises(ConfigError, match=r"label_fractions.*1\.5"):
         load_params(overrides={"transfer.label_fractions": [0.1, 1.5]})
+    with pytest.raises(ConfigError, match=r"cxr_segmentation\.shots.*\[3, 0\].*positive integers"):
+        load_params(overrides={"tasks.cxr_segmentation.shots": [3, 0]})
 
 
 def test_unknown_profile_and_method(raw_params, write_params):

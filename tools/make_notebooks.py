@@ -85,15 +85,17 @@ NOTEBOOKS: dict[str, tuple[str, str, list[str]]] = {
         ],
     ),
     "30_embedding": (
-        "# Zero-shot landmark embeddings\n\nkNN landmark identification, silhouette, cross-patient matching, and "
-        "t-SNE / UMAP maps for every active method, with floors (raw pixels + PCA, random init) and the supervised "
+        "# Zero-shot landmark embeddings\n\nkNN landmark identification, silhouette, cross-patient matching, "
+        "part-whole compositionality and t-SNE / UMAP maps for every active method, with floors (raw pixels + PCA, random init) and the supervised "
         "ceiling. Reads params: `seed`, `data`, `embedding`, `active_methods`.",
         "profile = None  # None: the profile named in params.yaml",
         [
             SETUP.format(timer='"embedding"'),
-            "from eden_lib.pipeline.embedding import run_embedding\n\ntable, coords = run_embedding(cfg)\ntable",
+            "from eden_lib.pipeline.embedding import run_embedding\n\ntable, coords, cosines = run_embedding(cfg)\ntable",
             "from eden_lib import paths\nfrom eden_lib.reporting import figures\n\nfig = figures.embedding_grid(coords)\n"
             "figures.save(fig, paths.figures_dir(\"embedding\") / \"landmarks.png\")",
+            "fig = figures.compositionality_density(cosines)\n"
+            "figures.save(fig, paths.figures_dir(\"embedding\") / \"compositionality.png\")",
             "timer.write()",
         ],
     ),

@@ -37,6 +37,17 @@ def crop_around(images: np.ndarray, centers: np.ndarray, patch: int, size: int) 
     return out.reshape(b * n_l, 1, size, size)
 
 
+def part_centres(centers: np.ndarray, patch: int) -> np.ndarray:
+    """Centres of the 2x2 grid of parts of each ``patch``-pixel square: ``(B, L, 2)`` -> ``(B, L * 4, 2)`` (x, y),
+    part-minor in the order top-left, top-right, bottom-left, bottom-right; each part has side ``patch / 2``."""
+    c = np.asarray(centers, dtype=np.float32)
+    if c.ndim == 2:
+        c = c[:, None]
+    q = patch / 4
+    offsets = np.array([[-q, -q], [q, -q], [-q, q], [q, q]], dtype=np.float32)
+    return (c[:, :, None, :] + offsets).reshape(c.shape[0], -1, 2)
+
+
 def unpack_masks(bitfield: np.ndarray, bits: list[int], size: int, chunk: int = 128) -> torch.Tensor:
     """uint8 (N, R, R) bitfield -> float32 (N, len(bits), size, size) in {0, 1} (area-resized, threshold 0.5).
 

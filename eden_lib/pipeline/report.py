@@ -13,8 +13,8 @@ from eden_lib import paths
 from eden_lib.analysis.bias import mean_abs_gap
 from eden_lib.evaluation.statistics import best_method, compare_methods
 from eden_lib.reporting.io import read_json
-from eden_lib.reporting.tables import GENESIS_METHODS, GENESIS_TASKS, format_comparison_table, genesis_table, \
-    markdown_table
+from eden_lib.reporting.tables import GENESIS_METHODS, GENESIS_TASKS, few_shot_table, format_comparison_table, \
+    genesis_table, markdown_table
 
 CAVEATS = """\
 > **Read this first.** This is a sanity study on procedurally generated anatomy at small compute (narrow networks,
@@ -195,16 +195,56 @@ def embedding_section(cfg: dict) -> list[str]:
     m = read_json(paths.metrics_file("embedding", "landmarks"))
     order = [k for k in ("raw_pixels_pca", *cfg["active_methods"]) if k in m["methods"]]
     df = pd.DataFrame([{"method": k, **m["methods"][k]} for k in order])
-    df = df[["method", "knn_accuracy", "silhouette", "matching_accuracy"]]
+    df["compositionality [95% CI]"] = [
+        f"{r.compositionality_score:+.3f} [{r.compositionality_score_ci_low:+.3f}, {r.compositionality_score_ci_high:+.3f}]"
+        for r in df.itertuples()]
+    df = df.rename(columns={"compositionality_matched": "matched cos", "compositionality_mismatched": "mismatched cos"})
+    df = df[["method", "knn_accuracy", "silhouette", "matching_accuracy", "matching_error_px", "matched cos",
+             "mismatched cos", "compositionality [95% CI]"]]
     left_out = m.get("left_out_3d_only", [])
     return [
         "## Zero-shot landmark embeddings", "",
         f"{m['n_landmarks']} landmarks of {m['n_patients']} held-out patients; floors: `raw_pixels_pca`, `scratch`; "
         "ceiling: `supervised`. kNN: landmark identification accuracy (cross-validated); matching: cross-patient "
-        "landmark correspondence accuracy." + (f" Left out (3D-only, no 2D encoder): {', '.join(left_out)}."
-                                               if left_out else ""), "",
+        "landmark correspondence by nearest embedding (accuracy, and mean distance in render pixels between the "
+        "matched and the true landmark). Compositionality: cosine between a landmark patch's embedding and the mean "
+        "embedding of its 2x2 parts, on centred features, minus the same with another patch's parts (bootstrap 95 % "
+        "CI over patches); raw cosines of pooled features are high for any network, the difference is what a "
+        "part-whole objective should raise." + (f" Left out (3D-only, no 2D encoder): {', '.join(left_out)}."
+                                                 if left_out else ""), "",
         markdown_table(df), "", "![landmark maps](figures/embedding/landmarks.png)", "",
+        "![part-whole cosines](figures/embedding/compositionality.png)", "",
     ]
+
+
+def few_shot_runs(cfg: dict, structures: dict[str, list[str]]) -> pd.DataFrame:
+    """Few-shot segmentation runs per structure group: ``(method, seed, shots, structure, value)``, the value the mean
+    Dice of the group's structures (e.g. clavicle = left and right) read from the transfer metrics files."""
+    rows = []
+    for method in cfg["active_methods"]:
+        for run in read_json(paths.metrics_file("transfer", method))["runs"]:
+            if run["task"] != "cxr_segmentation" or run["protocol"] != "finetune":
+                continue
+            for group, members in structures.items():
+                if all(m in run["per_class"] for m in members):
+                    rows.append({"method": method, "seed": run["seed"], "shots": int(str(run["budget"]).split("_")[0]),
+                                 "structure": group,
+                                 "value": float(np.mean([run["per_class"][m] for m in members]))})
+    return pd.DataFrame(rows, columns=["method", "seed", "shots", "structure", "value"])
+
+
+def few_shot_section(cfg: dict) -> list[str]:
+    """Adam's few-shot table: heart and clavicle Dice per shot count, each method against the best other one."""
+    runs = few_shot_runs(cfg, {"heart": ["heart"], "clavicle": ["left_clavicle", "right_clavicle"]})
+    if runs.empty:
+        return []
+    methods = [m for m in cfg["active_methods"] if m in set(runs["method"])]
+    return ["## Few-shot segmentation (Adam's protocol)", "",
+            f"Dice on the test split after fine-tuning on n training radiographs (seeds {cfg['transfer']['seeds']}; "
+            "for one seed the smaller sets are nested in the larger). Clavicle: mean of left and right. Cells: mean ± "
+            "std; ▲ the best method of the column; stars: paired t-test of each other method against it, "
+            "Holm-corrected within the column (n.s. = not different from the best).", "",
+            markdown_table(few_shot_table(runs, methods)), ""]
 
 
 def bias_section(cfg: dict) -> list[str]:
@@ -276,6 +316,7 @@ def build_report(cfg: dict) -> str:
     lines += genesis_section(cfg, runs)
     lines += transfer_section(cfg, comparisons)
     lines += ["![transfer](figures/report/transfer.png)", ""]
+    lines += few_shot_section(cfg)
     lines += embedding_section(cfg)
     lines += bias_section(cfg)
     lines += fidelity_section()

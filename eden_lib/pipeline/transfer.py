@@ -24,7 +24,7 @@ from eden_lib import paths
 from eden_lib.checkpoints import load_weights
 from eden_lib.data import prepared
 from eden_lib.data.batches import resize_2d
-from eden_lib.data.patches import crop_around, unpack_masks
+from eden_lib.data.patches import crop_around, part_centres, unpack_masks
 from eden_lib.evaluation.finetune import FinetuneConfig, finetune, predict
 from eden_lib.evaluation.linear_probe import fit_predict_linear_probe
 from eden_lib.evaluation.metrics import auc_per_label, dice_per_class
@@ -89,7 +89,8 @@ def extract_features(cfg: dict, method: str, x: torch.Tensor, cxr: prepared.Prep
 
 def _features_2d(cfg: dict, method: str, x: torch.Tensor, cxr: prepared.PreparedCXR) -> dict[str, np.ndarray]:
     """Pooled 2D encoder features: whole radiographs ``cxr (N, D)`` and, where the data has landmarks, the landmark
-    patches of test patients ``landmark (P*L, D)`` with ``landmark_row``, ``landmark_id``."""
+    patches of test patients ``landmark (P*L, D)`` with ``landmark_row``, ``landmark_id``, and the four parts (2x2
+    grid) of each patch ``landmark_parts (P*L, 4, D)``, each resized to the training size as the whole is."""
     size = cfg["data"]["image_size"]
     device = cfg["pretrain"]["device"]
     encoder = _load_encoder_2d(cfg, method)
@@ -98,8 +99,11 @@ def _features_2d(cfg: dict, method: str, x: torch.Tensor, cxr: prepared.Prepared
     if cxr.landmarks.shape[1]:
         rows = landmark_patients(cxr, emb["n_patients"], cfg["seed"])
         n_l = cxr.landmarks.shape[1]
-        patches = crop_around(np.asarray(cxr.images[rows]), cxr.landmarks[rows], emb["patch_size"], size)
+        images = np.asarray(cxr.images[rows])
+        patches = crop_around(images, cxr.landmarks[rows], emb["patch_size"], size)
         out["landmark"] = predict(encoder, encoder, patches, device=device)
+        parts = crop_around(images, part_centres(cxr.landmarks[rows], emb["patch_size"]), emb["patch_size"] // 2, size)
+        out["landmark_parts"] = predict(encoder, encoder, parts, device=device).reshape(len(patches), 4, -1)
         out["landmark_row"] = np.repeat(rows, n_l)
         out["landmark_id"] = np.tile(np.arange(n_l), len(rows))
     return out
@@ -181,6 +185,10 @@ def _seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def cxr_segmentation(cfg: dict, method: str, x: torch.Tensor, cxr: prepared.PreparedCXR) -> list[dict]:
+    """Few-shot anatomy segmentation as in Adam: fine-tune a U-Net on ``shots`` training images (every count of
+    ``tasks.cxr_segmentation.shots`` x seed; for one seed the smaller sets are nested in the larger), Dice per
+    structure on the test split. A method that pretrained a whole U-Net (e.g. Models Genesis) fine-tunes all of it;
+    the others put a fresh decoder on their pretrained encoder."""
     task = cfg["tasks"]["cxr_segmentation"]
     if not cxr.info["masks"]:
         return []
@@ -188,24 +196,30 @@ def cxr_segmentation(cfg: dict, method: str, x: torch.Tensor, cxr: prepared.Prep
     bits = [cxr.info["masks"].index(s) for s in structures]
     train, test = cxr.split_indices("train"), cxr.split_indices("test")
     masks = unpack_masks(cxr.masks, bits, x.shape[-1])
-    has_unet = (paths.models_dir(method) / "unet.pt").is_file()
     records = []
-    for seed in cfg["transfer"]["seeds"]:
-        sub = train[shot_subset(len(train), task["shots"], seed)]
-        seed_everything(seed)
-        ctx = build_context(cfg, 2, 0)
-        if has_unet:  # the method pretrained a whole U-Net (e.g. Models Genesis): fine-tune all of it
-            net = networks.unet_2d(ctx, out_channels=1)
-            load_weights(net, paths.models_dir(method) / "unet.pt")
-            net.segmentation_head = nn.Sequential(nn.Conv2d(ctx.unet2d_decoder[-1], len(bits), 3, padding=1))
-        else:
-            net = networks.unet_2d(ctx, out_channels=len(bits), encoder=_load_encoder_2d(cfg, method))
-        finetune(net, _seg_loss, x[sub], masks[sub], _finetune_cfg(cfg, "cxr_segmentation"), seed)
-        pred = predict(net, net, x[test], device=cfg["pretrain"]["device"]) > 0
-        dice = dice_per_class(pred, masks[test].numpy() > 0.5)
-        records.append(_record("cxr_segmentation", "finetune", f"{task['shots']}_shots", seed, "dice",
-                               dict(zip(structures, dice))))
+    for shots in task["shots"]:
+        for seed in cfg["transfer"]["seeds"]:
+            sub = train[shot_subset(len(train), shots, seed)]
+            seed_everything(seed)
+            net = _segmentation_unet_2d(cfg, method, len(bits))
+            finetune(net, _seg_loss, x[sub], masks[sub], _finetune_cfg(cfg, "cxr_segmentation"), seed)
+            pred = predict(net, net, x[test], device=cfg["pretrain"]["device"]) > 0
+            dice = dice_per_class(pred, masks[test].numpy() > 0.5)
+            records.append(_record("cxr_segmentation", "finetune", f"{shots}_shots", seed, "dice",
+                                   dict(zip(structures, dice))))
     return records
+
+
+def _segmentation_unet_2d(cfg: dict, method: str, n_out: int) -> nn.Module:
+    """The 2D U-Net to fine-tune: the pretrained ``unet.pt`` with a new output layer where the method exported one,
+    else a fresh decoder on the pretrained encoder (built under the caller's seed)."""
+    ctx = build_context(cfg, 2, 0)
+    if (paths.models_dir(method) / "unet.pt").is_file():
+        net = networks.unet_2d(ctx, out_channels=1)
+        load_weights(net, paths.models_dir(method) / "unet.pt")
+        net.segmentation_head = nn.Sequential(nn.Conv2d(ctx.unet2d_decoder[-1], n_out, 3, padding=1))
+        return net
+    return networks.unet_2d(ctx, out_channels=n_out, encoder=_load_encoder_2d(cfg, method))
 
 
 def ct_nodule_classification(cfg: dict, method: str, ct: prepared.PreparedCT, feats: dict) -> list[dict]:

@@ -57,6 +57,19 @@ def embedding_grid(coords: pd.DataFrame) -> Figure:
     return fig
 
 
+def compositionality_density(cosines: pd.DataFrame) -> Figure:
+    """Part-whole cosine densities, one panel per method: ``cosines`` has columns method, matched, mismatched
+    (:func:`eden_lib.analysis.compositionality.part_whole_cosines`); the gap between the curves is the score."""
+    long = cosines.melt(id_vars="method", value_vars=["matched", "mismatched"], var_name="parts of",
+                        value_name="cosine (centred features)")
+    long["parts of"] = long["parts of"].map({"matched": "its own parts", "mismatched": "another patch's parts"})
+    grid = sns.displot(data=long, x="cosine (centred features)", hue="parts of", col="method", col_wrap=5,
+                       kind="kde", common_norm=False, fill=True, height=2.4, aspect=1.2, facet_kws={"sharey": False})
+    grid.set_titles("{col_name}")
+    grid.figure.suptitle("Whole vs the mean of its 2x2 parts", y=1.02)
+    return grid.figure
+
+
 def metric_bars(df: pd.DataFrame, x: str, y: str, hue: str, col: str, title: str) -> Figure:
     """Mean +- sd bars over seeds: ``df`` has one row per run."""
     grid = sns.catplot(data=df, x=x, y=y, hue=hue, col=col, kind="bar", errorbar="sd", height=3.2, aspect=1.3,

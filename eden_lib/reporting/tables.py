@@ -150,3 +150,33 @@ def genesis_table(runs: pd.DataFrame, methods: list[str], reference: str = "scra
         cells = [genesis_cell(values[m], None if m == reference else ref, digits) for m in columns]
         rows.append([GENESIS_TASKS[key[0]], key[1], key[2], GENESIS_METRICS.get(key[3], key[3]), *cells])
     return pd.DataFrame(rows, columns=["task", "protocol", "budget", "metric", *names])
+
+
+def few_shot_table(runs: pd.DataFrame, methods: list[str], digits: int = 3) -> pd.DataFrame:
+    """Adam's few-shot layout (adam_ark.md §1.8): one row per method, one column per structure x shot count.
+
+    Args:
+        runs: tidy ``(method, seed, shots, structure, value)``, one row per run.
+        methods: the rows, in order.
+
+    Returns:
+        Text cells ``"mean ± std"``; in each column the best mean is marked ``▲`` and every other method carries the
+        stars of :func:`~eden_lib.evaluation.statistics.compare_methods` against it (paired on seeds,
+        Holm-corrected within the column).
+    """
+    from eden_lib.evaluation.statistics import best_method, compare_methods
+
+    table = pd.DataFrame({"method": methods})
+    for (structure, shots), g in sorted(runs.groupby(["structure", "shots"]), key=lambda kg: (kg[0][0] != "heart",
+                                                                                              kg[0])):
+        best = best_method(g)
+        cmp = compare_methods(g[["method", "seed", "value"]], reference=best).set_index("method")
+        cells = []
+        for m in methods:
+            if m not in cmp.index:
+                cells.append(MISSING)
+                continue
+            cell = mean_std_cell(cmp.loc[m, "mean"], cmp.loc[m, "std"], digits)
+            cells.append(f"{cell} ▲" if m == best else f"{cell} {cmp.loc[m, 'stars']}")
+        table[f"{structure} {shots}"] = cells
+    return table
