@@ -101,8 +101,26 @@ _MOCO_KEY_NETWORK = "module.encoder_k."
 _MOCO_QUEUE = frozenset({"module.queue", "module.queue_ptr"})
 _MOCO_PROJECTOR = "module.encoder_q.fc."
 
-#: the ResNet stem convolution under our names (bare encoder, U-Net): the only weights converted from RGB to grey
-RGB_INPUT_CONVS = frozenset({"conv1.weight", "encoder.conv1.weight"})
+#: the ResNet and ConvNeXt stem convolutions under our names (bare encoder, U-Net): the only weights converted from
+#: RGB to grey
+RGB_INPUT_CONVS = frozenset(
+    {"conv1.weight", "encoder.conv1.weight", "downsample_layers.0.0.weight", "encoder.downsample_layers.0.0.weight"}
+)
+
+#: Adam-v2 entries that hold weights, in the order one is read: the EMA teacher wherever the file has one (the
+#: release's loaders look for ``teacher``; stage 2's ``model`` holds it too), else the student
+ADAM_V2_ENTRIES = ("teacher", "model", "student")
+#: the backbone's prefixes in those entries: stage-2 networks and the stage-1 ConvNeXt teacher; stage-1 students and
+#: the stage-1 ResNet teacher (DDP-wrapped for SyncBN); the teacher inside ``model``
+_ADAM_V2_BACKBONE = ("backbone.", "module.backbone.", "module.teacher.backbone.")
+#: the rest of an Adam-v2 entry: the DINO (localizability) head under each wrapper prefix, and inside ``model`` the
+#: student and the compose / decompose heads
+_ADAM_V2_DROPPED = (
+    *(f"{wrapper}head.{part}." for wrapper in ("", "module.", "module.teacher.") for part in ("mlp", "last_layer")),
+    "module.student.",
+    "module.compose_head.",
+    "module.decompose_head.",
+)
 
 
 def _identity(key: str, target: frozenset[str]) -> str | None:
@@ -125,6 +143,29 @@ def _moco_extra(key: str) -> bool:
 def _moco(key: str, target: frozenset[str]) -> str | None:
     """``module.encoder_q.<torchvision name>`` -> the name; projector, key network and queue dropped."""
     return None if _moco_extra(key) else key.removeprefix("module.encoder_q.")
+
+
+def _adam_v1(key: str, target: frozenset[str]) -> str | None:
+    """Adam-v1 (Taher et al., MICCAI-DART 2023): ``checkpoint.pth`` holds the DDP MoCo-v2 wrapper (:func:`_moco`),
+    ``best_checkpoint.pth`` / ``last_checkpoint.pth`` the bare query encoder (:func:`_torchvision`, which drops its
+    MLP projector ``fc.0`` / ``fc.2``)."""
+    return _moco(key, target) if key.startswith("module.") else _torchvision(key, target)
+
+
+def _adam_v2(key: str, target: frozenset[str]) -> str | None:
+    """Adam-v2 (Taher et al., CVPR 2024): a prefix of :data:`_ADAM_V2_BACKBONE` stripped, leaving torchvision ResNet
+    or Facebook ConvNeXt names; the keys of :data:`_ADAM_V2_DROPPED` dropped (the DINO head ``head.mlp.*``,
+    ``head.last_layer.weight_g`` / ``weight_v``; ``module.student.*``, ``module.compose_head.*``,
+    ``module.decompose_head.*``).
+
+    A ConvNeXt's final LayerNorm ``norm.*`` is kept: Adam-v2's own fine-tuning code renames it ``head.norm`` and then
+    drops every ``head*`` key, leaving that LayerNorm at its initial values; here it is loaded like every other
+    pretrained weight.
+    """
+    if key.startswith(_ADAM_V2_DROPPED):
+        return None
+    prefix = next((p for p in _ADAM_V2_BACKBONE if key.startswith(p)), None)
+    return key if prefix is None else key.removeprefix(prefix)
 
 
 def _smp_unet(key: str, target: frozenset[str]) -> str | None:
@@ -170,6 +211,12 @@ KEY_MAPS: dict[str, KeyMap] = {
     "torchvision": _torchvision,
     # MoCo v1/v2 releases and their kin: {"state_dict": {"module.encoder_q.conv1.weight", ...}}
     "moco": _moco,
+    # Adam-v1 checkpoint.pth (the "moco" layout) or best_/last_checkpoint.pth (the "torchvision" layout, fc.0 / fc.2
+    # projector): auto-detection reads them as those two, this name serves source="adam_v1"
+    "adam_v1": _adam_v1,
+    # Adam-v2 checkpoint.pth: {"teacher", "student", ["model"], "optimizer", "epoch", "localizability_loss",
+    # "fp16_scaler"}; the weights of the entry ADAM_V2_ENTRIES chooses, into a ResNetEncoder or a ConvNeXtEncoder
+    "adam_v2": _adam_v2,
     # DiRA / CAiD best_checkpoint.pth and unet.pth: a raw smp 0.1.3 Unet('resnet50') state dict
     "dira_unet": _smp_unet,
     # DiRA's full checkpoint.pth: {"epoch", "arch", "state_dict": the DDP MoCo wrapper, "optimizer", "best_loss"}
@@ -199,15 +246,26 @@ _DETECTORS: tuple[tuple[str, Callable[[list[str]], bool]], ...] = (
 )
 
 
+def _adam_v2_entry(ckpt: Mapping[str, Any]) -> str | None:
+    """The first entry of :data:`ADAM_V2_ENTRIES` that is a dict with some backbone-prefixed key, else ``None``."""
+    for entry in ADAM_V2_ENTRIES:
+        weights = ckpt.get(entry)
+        if isinstance(weights, Mapping) and any(str(k).startswith(_ADAM_V2_BACKBONE) for k in weights):
+            return entry
+    return None
+
+
 def detect_source(ckpt: Mapping[str, Any]) -> str:
     """The layout of a checkpoint read by :func:`load_checkpoint` (a key of :data:`KEY_MAPS`).
 
-    ``eden``: top-level ``info`` and ``state_dict``. Otherwise the weights (``state_dict`` if present, else the
-    dict itself) decide: ``models_genesis``: all ``module.``, some ``module.down_tr64.``; ``transvw``: some
-    ``clc_out.`` once ``module.`` / ``classficationNet.`` are stripped; ``dira_discriminator``: all
-    ``module.model.``; ``dira_moco_wrapper``: some ``module.encoder_q.backbone.``; ``moco``:
-    ``module.encoder_q.conv1.weight``; ``dira_unet``: ``encoder.conv1.weight`` and ``decoder.blocks.*``;
-    ``torchvision``: ``conv1.weight`` and ``layer1.0.conv1.weight``.
+    ``eden``: top-level ``info`` and ``state_dict``. ``adam_v2``: a ``teacher``, ``model`` or ``student`` entry
+    holding ``backbone.``, ``module.backbone.`` or ``module.teacher.backbone.`` weights. Otherwise the weights
+    (``state_dict`` if present, else the dict itself) decide: ``models_genesis``: all ``module.``, some
+    ``module.down_tr64.``; ``transvw``: some ``clc_out.`` once ``module.`` / ``classficationNet.`` are stripped;
+    ``dira_discriminator``: all ``module.model.``; ``dira_moco_wrapper``: some ``module.encoder_q.backbone.``;
+    ``moco``: ``module.encoder_q.conv1.weight``; ``dira_unet``: ``encoder.conv1.weight`` and ``decoder.blocks.*``;
+    ``torchvision``: ``conv1.weight`` and ``layer1.0.conv1.weight``. Adam-v1 files read as ``moco``
+    (``checkpoint.pth``) or ``torchvision`` (``best_checkpoint.pth``): the same layouts.
 
     ``models_genesis`` is tried first, so a YNet3D saved from ``nn.DataParallel`` (every key ``module.``) reads as
     ``models_genesis``: it loads strictly into a YNet3D, and into a UNet3D its ``clc_out`` keys are refused unless
@@ -215,6 +273,8 @@ def detect_source(ckpt: Mapping[str, Any]) -> str:
     """
     if "info" in ckpt and "state_dict" in ckpt:
         return "eden"
+    if _adam_v2_entry(ckpt) is not None:
+        return "adam_v2"
     state = ckpt.get("state_dict", ckpt)
     keys = [k for k in state if isinstance(k, str)] if isinstance(state, Mapping) else []
     for source, matches in _DETECTORS:
@@ -271,6 +331,19 @@ def _read_keras_h5(path: Path, model: nn.Module, own: Mapping[str, torch.Tensor]
         raise CheckpointError(str(exc)) from exc
 
 
+def _source_weights(ckpt: Mapping[str, Any], source: str, path: Path) -> tuple[str | None, Mapping[str, Any]]:
+    """The entry holding the weights (``None`` for ``state_dict`` or the dict itself) and those weights."""
+    if source != "adam_v2":
+        return None, ckpt.get("state_dict", ckpt)
+    entry = _adam_v2_entry(ckpt)
+    if entry is None:
+        raise CheckpointError(
+            f"{path} (adam_v2 layout) has no {' / '.join(ADAM_V2_ENTRIES)} entry with "
+            f"{' / '.join(_ADAM_V2_BACKBONE)} weights; top-level keys: {sorted(ckpt)[:8]}"
+        )
+    return entry, ckpt[entry]
+
+
 def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") -> dict:
     """Load a released or Eden checkpoint into ``model`` strictly, mapping its key layout.
 
@@ -281,6 +354,14 @@ def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") ->
     (``upsample="nearest"``), and the model's batch norms then get Keras's eps 1e-3
     (:func:`~eden_lib.keras_h5.set_bn_eps`).
 
+    Sources (:data:`KEY_MAPS`): ``eden`` (:func:`save_weights`); ``models_genesis``, ``transvw``, ``keras_h5``
+    (Models Genesis / TransVW / Semantic Genesis, into a UNet3D / YNet3D); ``torchvision`` (a ResNet state dict,
+    ``fc*`` dropped); ``moco`` (a MoCo wrapper's query encoder); ``adam_v1`` (Adam-v1's ``checkpoint.pth`` as
+    ``moco`` or ``best_checkpoint.pth`` as ``torchvision``); ``adam_v2`` (Adam-v2's ``checkpoint.pth``: the teacher
+    backbone, :data:`ADAM_V2_ENTRIES`, into a ResNetEncoder or a ConvNeXtEncoder, the ConvNeXt's final ``norm``
+    included, which Adam-v2's fine-tuning code leaves out); ``dira_unet``, ``dira_moco_wrapper``,
+    ``dira_discriminator`` (DiRA / CAiD).
+
     Args:
         path: the checkpoint file (read with ``weights_only=True``; never unpickles code).
         model: the module whose ``state_dict`` names the checkpoint must fill exactly.
@@ -288,13 +369,13 @@ def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") ->
 
     Returns:
         ``{"source": ..., "keys": n loaded from the file, "converted": [rgb_to_gray keys], "filled": [counters],
-        "dropped": [the file's keys the key map left out, sorted; for keras_h5 under our names]}``, and ``"bn_eps"``
-        for ``keras_h5``.
+        "dropped": [the file's keys the key map left out, sorted; for keras_h5 under our names]}``, ``"bn_eps"``
+        for ``keras_h5`` and ``"entry"`` (the entry read: teacher, model or student) for ``adam_v2``.
 
     Raises:
         CheckpointError: unknown layout, or missing / unexpected / mis-shaped keys (named).
     """
-    path, own = Path(path), model.state_dict()
+    path, own, entry = Path(path), model.state_dict(), None
     if source == "keras_h5" or (source == "auto" and is_keras_h5(path)):
         source, state = "keras_h5", _read_keras_h5(path, model, own)
     else:
@@ -303,7 +384,7 @@ def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") ->
             source = detect_source(ckpt)
         if source not in KEY_MAPS:
             raise CheckpointError(f"unknown checkpoint source {source!r}; known: {sorted(KEY_MAPS)}")
-        state = ckpt.get("state_dict", ckpt)
+        entry, state = _source_weights(ckpt, source, path)
     mapping, target = KEY_MAPS[source], frozenset(own)
     mapped, dropped = {}, []
     for key, value in state.items():
@@ -325,4 +406,6 @@ def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") ->
     if source == "keras_h5":
         set_bn_eps(model, KERAS_BN_EPS)
         info["bn_eps"] = KERAS_BN_EPS
+    if entry is not None:
+        info["entry"] = entry
     return info

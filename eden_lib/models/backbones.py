@@ -1,4 +1,5 @@
-"""2D backbones from MONAI with torchvision-compatible module names.
+"""2D backbones: ResNets from MONAI with torchvision-compatible module names, and ConvNeXts
+(:mod:`eden_lib.models.convnext`, Facebook-release names; MONAI has no ConvNeXt).
 
 MONAI's ``ResNet`` keeps the torchvision names (``conv1``, ``bn1``, ``layer1`` ... ``layer4``), so weights
 released for a torchvision ResNet map in by name. We always pass the torchvision-like stem (7x7 conv, stride 2,
@@ -16,7 +17,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-#: registry name -> (block type, blocks per stage)
+from eden_lib.models.convnext import CONVNEXTS, ConvNeXtEncoder
+
+#: registry name -> (block type, blocks per stage) of the ResNets
 BACKBONES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
     "resnet18": ("basic", (2, 2, 2, 2)),
     "resnet34": ("basic", (3, 4, 6, 3)),
@@ -79,6 +82,15 @@ class ResNetEncoder(nn.Module):
         return torch.flatten(self.avgpool(self.stages(x)[-1]), 1)
 
 
-def build_backbone_2d(cfg: dict, in_channels: int = 1) -> ResNetEncoder:
-    """The study's 2D encoder from ``pretrain.backbone_2d`` (``name``, ``widths``)."""
-    return ResNetEncoder(cfg["name"], cfg["widths"], in_channels=in_channels, spatial_dims=2)
+#: every name :func:`build_backbone_2d` accepts
+BACKBONES_2D: tuple[str, ...] = tuple(sorted((*BACKBONES, *CONVNEXTS)))
+
+
+def build_backbone_2d(cfg: dict, in_channels: int = 1) -> ResNetEncoder | ConvNeXtEncoder:
+    """The study's 2D encoder from ``pretrain.backbone_2d`` (``name``, ``widths``): a name of :data:`BACKBONES_2D`."""
+    name = cfg["name"]
+    if name in CONVNEXTS:
+        return ConvNeXtEncoder(name, cfg["widths"], in_channels=in_channels)
+    if name not in BACKBONES:
+        raise ValueError(f"unknown 2D backbone {name!r}; allowed: {list(BACKBONES_2D)}")
+    return ResNetEncoder(name, cfg["widths"], in_channels=in_channels, spatial_dims=2)
