@@ -36,10 +36,13 @@ BLOCKS = {"scratch": {}, "supervised": {"lr": 0.01}, "models_genesis": {"batch_s
           "caid": {**TINY_TWO_VIEW, "ssl": "barlow_twins", "bt_dim": 32},
           "dira": {**TINY_TWO_VIEW, "ssl": "simsiam", "simsiam_dim": 32, "simsiam_pred_dim": 8,
                    "d_widths": [8, 8, 8, 8], "warmup_fraction": 0.0},
-          "transvw": {"batch_size": 4, "n_classes": 3}, "semantic_genesis": {"batch_size": 4, "n_classes": 3}}
+          "transvw": {"batch_size": 4, "n_classes": 3}, "semantic_genesis": {"batch_size": 4, "n_classes": 3},
+          "adam_v1": {**TINY_TWO_VIEW, **TINY_MOCO},
+          "adam_v2": {"batch_size": 4, "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local": 2,
+                      "base_lr": 0.5, "warmup_fraction": 0.0}}
 #: on a fixed batch a queue-based loss rises: the queue fills with the batch's own keys, negatives that match the
 #: positives (test_methods_siamese.py checks that MoCo's loss falls against a fixed queue)
-QUEUE_FED = {"moco_v2"}
+QUEUE_FED = {"moco_v2", "adam_v1"}
 
 
 @pytest.mark.parametrize("dims", [2, 3])

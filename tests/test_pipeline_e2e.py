@@ -74,7 +74,8 @@ def test_report_has_real_numbers_for_every_method(smoke_repo):
         means = [b["mean"] for t in metrics["summary"].values() for p in t.values() for b in p.values()]
         assert means and all(m is not None and 0 <= m <= 1 for m in means), method
         assert f"| {method} " in report
-    for section in ("## Pretraining", "## Transfer", "## Zero-shot landmark embeddings", "## Gender bias", "## Compute"):
+    for section in ("## Pretraining", "## Transfer", "## Few-shot segmentation", "## Zero-shot landmark embeddings",
+                    "## Gender bias", "## Compute", "figures/embedding/compositionality.png"):
         assert section in report
 
 

@@ -307,7 +307,6 @@ def render_anatomy(
 
 def landmarks(a: Anatomy) -> np.ndarray:
     """Canonical ``(u, v)`` of every landmark in ``LANDMARKS`` order: float32 ``(B, L, 2)``."""
-    w_mean = 0.5 * (a.w_r + a.w_l)
     xh = CLAVICLE_HEAD + 0.025
     clav_v = clavicle_centre(a, np.full_like(a.w_r, xh), a.w_r)
     bul = mediastinal_bulges(a)

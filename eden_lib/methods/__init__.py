@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from eden_lib.methods.adam_v1 import AdamV1
+from eden_lib.methods.adam_v2 import AdamV2
 from eden_lib.methods.barlow_twins import BarlowTwins
 from eden_lib.methods.base import BuildContext, Method, MethodConfigError, parse_config
 from eden_lib.methods.caid import CAiD
@@ -30,6 +32,8 @@ METHODS: dict[str, type[Method]] = {
     "caid": CAiD,
     "dira": DiRA,
     "dino": Dino,
+    "adam_v1": AdamV1,
+    "adam_v2": AdamV2,
 }
 
 

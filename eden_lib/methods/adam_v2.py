@@ -4,7 +4,7 @@ Hosseinzadeh Taher et al., "Representing part-whole hierarchies in foundation mo
 composability, and decomposability from anatomy via self-supervision", CVPR 2024 (arXiv 2404.15672).
 
 A DINO student (the study's ResNet encoder + :class:`~eden_lib.models.dino_head.DINOHead`, as
-:class:`~eden_lib.methods.dino.DinoNetwork`: keys ``student.encoder.*`` / ``student.head.*`` where the release writes
+:class:`~eden_lib.models.dino_head.DinoNetwork`: keys ``student.encoder.*`` / ``student.head.*`` where the release writes
 ``backbone.*`` / ``head.*``, a prefix every loader strips) and its EMA teacher (cosine momentum 0.996 -> 1 over all
 steps) learn from wholes W at granularity g (side R / 2^g) of the renders (``cxr_renders``) and W's 2x2 parts
 (:mod:`eden_lib.transforms.part_whole`). ``L = loc_weight L_loc + comp_weight L_comp + dec_weight L_dec``:
@@ -50,8 +50,7 @@ from eden_lib.losses.dino import DINOLoss
 from eden_lib.losses.part_whole import DECOMPOSE_NORMS, composability_loss, decomposability_loss
 from eden_lib.methods import networks
 from eden_lib.methods.base import BuildContext, Method, MethodConfigError
-from eden_lib.methods.dino import DinoNetwork
-from eden_lib.models.dino_head import DINOHead
+from eden_lib.models.dino_head import DINOHead, DinoNetwork
 from eden_lib.models.ema import cosine_momentum, momentum_copy, momentum_update
 from eden_lib.models.part_whole_heads import compose_head, decompose_head
 from eden_lib.transforms.part_whole import LOCAL_AREA_BIN_EDGES, PartWholeRecipe, WholeMultiCrop, spread_bins

@@ -30,8 +30,7 @@ from torch import nn
 from eden_lib.losses.dino import DINOLoss, teacher_temperature
 from eden_lib.methods import networks
 from eden_lib.methods.base import BuildContext, Method, MethodConfigError
-from eden_lib.models.backbones import ResNetEncoder
-from eden_lib.models.dino_head import DINOHead
+from eden_lib.models.dino_head import DINOHead, DinoNetwork
 from eden_lib.models.ema import cosine_momentum, momentum_copy, momentum_update
 from eden_lib.transforms.views import ViewConfig, make_view
 
@@ -99,18 +98,6 @@ class DinoConfig:
             scale = getattr(self, key)
             if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
                 raise fail(key, "[low, high] with 0 < low <= high <= 1")
-
-
-class DinoNetwork(nn.Module):
-    """Encoder + DINO head: images ``(B, 1, S, S)`` -> logits ``(B, out_dim)``."""
-
-    def __init__(self, encoder: ResNetEncoder, head: DINOHead) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = head
-
-    def forward(self, x: torch.Tensor, freeze_last_layer: bool = False) -> torch.Tensor:
-        return self.head(self.encoder(x), freeze_last_layer)
 
 
 class Dino(Method):

@@ -54,3 +54,15 @@ class DINOHead(nn.Module):
         if freeze_last_layer:
             return F.linear(z, self.last_layer.weight.detach())
         return self.last_layer(z)
+
+
+class DinoNetwork(nn.Module):
+    """Encoder + DINO head: images ``(B, 1, S, S)`` -> logits ``(B, out_dim)``."""
+
+    def __init__(self, encoder: nn.Module, head: DINOHead) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, x: torch.Tensor, freeze_last_layer: bool = False) -> torch.Tensor:
+        return self.head(self.encoder(x), freeze_last_layer)

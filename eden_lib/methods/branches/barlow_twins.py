@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from eden_lib.losses import BarlowTwinsLoss
-from eden_lib.methods.branches.two_view import Discriminative, TwoViewConfig, TwoViewMethod
+from eden_lib.methods.branches.two_view import Discriminative, TwoViewConfig
 from eden_lib.models.backbones import ResNetEncoder
 from eden_lib.models.heads import barlow_twins_projector
 

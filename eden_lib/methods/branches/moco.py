@@ -26,7 +26,7 @@ from torch import nn
 from eden_lib.distributed import gather_rows, world_size
 from eden_lib.losses import InfoNCELoss, in_batch_info_nce
 from eden_lib.methods.base import MethodConfigError
-from eden_lib.methods.branches.two_view import Discriminative, TwoViewConfig, TwoViewMethod
+from eden_lib.methods.branches.two_view import Discriminative, TwoViewConfig
 from eden_lib.models.backbones import ResNetEncoder
 from eden_lib.models.ema import momentum_copy, momentum_update
 from eden_lib.models.heads import moco_v2_projector
