@@ -22,6 +22,7 @@ DATASETS: dict[str, str] = {
     "jsrt": "eden_lib.data.jsrt_scr:JSRT",
     "montgomery": "eden_lib.data.nlm_tb:Montgomery",
     "shenzhen": "eden_lib.data.nlm_tb:Shenzhen",
+    "luna16": "eden_lib.data.luna16_dataset:LUNA16",
 }
 
 
