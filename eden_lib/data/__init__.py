@@ -23,6 +23,11 @@ DATASETS: dict[str, str] = {
     "montgomery": "eden_lib.data.nlm_tb:Montgomery",
     "shenzhen": "eden_lib.data.nlm_tb:Shenzhen",
     "luna16": "eden_lib.data.luna16_dataset:LUNA16",
+    "lidc_idri": "eden_lib.data.lidc_idri:LIDCIDRI",
+    "lits": "eden_lib.data.lits:LiTS",
+    "brats2018": "eden_lib.data.brats:BraTS2018",
+    "rsna_str_pe": "eden_lib.data.rsna_str_pe:RSNASTRPE",
+    "cad_pe": "eden_lib.data.cad_pe:CADPE",
 }
 
 
