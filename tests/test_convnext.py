@@ -130,3 +130,24 @@ def test_registry_builds_both_families_and_names_every_choice():
     assert all(repr(name) in str(err.value) for name in BACKBONES_2D)
     with pytest.raises(ValueError, match="4 stage widths"):
         ConvNeXtEncoder("convnext_atto", (8, 16, 32))
+
+
+@pytest.mark.parametrize("name, block", [
+    ("adam_v2", {"batch_size": 4, "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local": 2,
+                 "warmup_fraction": 0.0}),
+    ("adam_v1", {"batch_size": 4, "queue_size": 16, "bn_splits": 2, "moco_hidden": 32, "moco_dim": 16}),
+])
+def test_methods_train_on_a_convnext_study_backbone(name, block):
+    """``pretrain.backbone_2d.name: convnext_*`` swaps the encoder of every 2D method (Adam-v2's released model)."""
+    from eden_lib.methods import BuildContext, build_method
+
+    ctx = BuildContext(spatial_dims=2, backbone_2d={"name": "convnext_atto", "widths": [8, 16, 32, 64]},
+                       unet2d_decoder=(32, 16, 8, 8, 8), unet3d_width=4, n_labels=3, image_size=64)
+    torch.manual_seed(0)
+    method = build_method(name, block, ctx)
+    method.set_total_steps(4)
+    out = method({"image": torch.rand(4, 1, 128, 128)}, torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and type(method.exports()["encoder"]).__name__ == "ConvNeXtEncoder"
+    trained = method.student.encoder if name == "adam_v2" else method.exports()["encoder"]  # adam_v2 exports the EMA
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.parameters())
