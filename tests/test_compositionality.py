@@ -71,3 +71,10 @@ def test_few_shot_table_marks_the_best_and_tests_the_others_against_it():
     assert table.loc["b", "heart 3"].endswith("**")  # 0.3 lower on every seed
     assert table.loc["c", "heart 3"].endswith("n.s.")  # 0.01 lower, within the noise
     assert table.loc["b", "heart 24"].startswith("0.6")  # the +0.1 of 24 shots
+
+
+def test_few_shot_table_leaves_an_unlearned_structure_unmarked():
+    rows = [{"method": m, "seed": s, "shots": 3, "structure": "clavicle", "value": v}
+            for m, vals in (("a", (0.0, 0.001, 0.0)), ("b", (0.0, 0.0, 0.0))) for s, v in enumerate(vals)]
+    table = few_shot_table(pd.DataFrame(rows), ["a", "b"]).set_index("method")
+    assert "▲" not in table.loc["a", "clavicle 3"] and table.loc["b", "clavicle 3"] == "0.000 ± 0.000"

@@ -239,12 +239,18 @@ def few_shot_section(cfg: dict) -> list[str]:
     if runs.empty:
         return []
     methods = [m for m in cfg["active_methods"] if m in set(runs["method"])]
+    best = runs.groupby(["structure", "shots", "method"])["value"].mean().groupby("structure").max()
+    unlearned = [s for s, v in best.items() if v < 0.01]
+    note = [f"No method learned {', '.join(unlearned)} (every mean Dice < 0.01 at every shot count): at "
+            f"{cfg['data']['image_size']} px such a structure is a few pixels thick and the few-shot runs' "
+            f"{cfg['tasks']['cxr_segmentation']['min_steps']} steps do not find it, so those columns compare "
+            "nothing.", ""] if unlearned else []
     return ["## Few-shot segmentation (Adam's protocol)", "",
             f"Dice on the test split after fine-tuning on n training radiographs (seeds {cfg['transfer']['seeds']}; "
             "for one seed the smaller sets are nested in the larger). Clavicle: mean of left and right. Cells: mean ± "
             "std; ▲ the best method of the column; stars: paired t-test of each other method against it, "
             "Holm-corrected within the column (n.s. = not different from the best).", "",
-            markdown_table(few_shot_table(runs, methods)), ""]
+            markdown_table(few_shot_table(runs, methods)), "", *note]
 
 
 def bias_section(cfg: dict) -> list[str]:

@@ -152,7 +152,7 @@ def genesis_table(runs: pd.DataFrame, methods: list[str], reference: str = "scra
     return pd.DataFrame(rows, columns=["task", "protocol", "budget", "metric", *names])
 
 
-def few_shot_table(runs: pd.DataFrame, methods: list[str], digits: int = 3) -> pd.DataFrame:
+def few_shot_table(runs: pd.DataFrame, methods: list[str], digits: int = 3, floor: float = 0.01) -> pd.DataFrame:
     """Adam's few-shot layout (adam_ark.md §1.8): one row per method, one column per structure x shot count.
 
     Args:
@@ -162,7 +162,8 @@ def few_shot_table(runs: pd.DataFrame, methods: list[str], digits: int = 3) -> p
     Returns:
         Text cells ``"mean ± std"``; in each column the best mean is marked ``▲`` and every other method carries the
         stars of :func:`~eden_lib.evaluation.statistics.compare_methods` against it (paired on seeds,
-        Holm-corrected within the column).
+        Holm-corrected within the column). A column whose best mean is below ``floor`` (no method learned the
+        structure) carries no marks: there is nothing to compare.
     """
     from eden_lib.evaluation.statistics import best_method, compare_methods
 
@@ -177,6 +178,9 @@ def few_shot_table(runs: pd.DataFrame, methods: list[str], digits: int = 3) -> p
                 cells.append(MISSING)
                 continue
             cell = mean_std_cell(cmp.loc[m, "mean"], cmp.loc[m, "std"], digits)
-            cells.append(f"{cell} ▲" if m == best else f"{cell} {cmp.loc[m, 'stars']}")
+            if cmp.loc[best, "mean"] < floor:
+                cells.append(cell)
+            else:
+                cells.append(f"{cell} ▲" if m == best else f"{cell} {cmp.loc[m, 'stars']}")
         table[f"{structure} {shots}"] = cells
     return table
