@@ -12,6 +12,12 @@ reads (z, y, x); ``prepare`` transposes), so the 3D networks see the same axes i
 nodules (Models Genesis "NCS", 3D segmentation), and ``nodules.csv`` (seriesuid, subset, split, coordX/Y/Z,
 diameter_mm, nodule, shift_x/y/z: annotation row, voxels the nodule centre lies off the cube centre); zero rows
 with ``info["nodule_masks"] = false`` where the data set has no nodule masks (real LUNA16); and ``info.json``.
+
+``data/prepared/sites/``: the Ark setting, several chest X-ray sites each with its own label set, read back through
+each site's loader. ``images.npy`` uint8 (N, R, R) at the render size, display convention (bright bone);
+``labels.npy`` float32 (N, K_max): row i holds its own site's labels in that site's order, NaN where unknown and
+NaN-padded past the site's K; ``meta.csv`` (image_index, patient_id, sex, site, split) with ``site`` the site's
+name; ``info.json`` with ``sites``: one ``{"name", "dataset", "labels": [...]}`` per site, in training order.
 """
 
 from __future__ import annotations
@@ -61,6 +67,36 @@ class PreparedCT:
         return np.flatnonzero(self.nodule_meta["split"].to_numpy() == split)
 
 
+@dataclass
+class PreparedSites:
+    images: np.ndarray
+    labels: np.ndarray
+    meta: pd.DataFrame
+    info: dict
+
+    @property
+    def site_names(self) -> list[str]:
+        return [s["name"] for s in self.info["sites"]]
+
+    @property
+    def site_labels(self) -> list[list[str]]:
+        """Each site's label names, in the order of its columns of ``labels``."""
+        return [list(s["labels"]) for s in self.info["sites"]]
+
+    def site_index(self) -> np.ndarray:
+        """int64 (N,): each row's position in ``info["sites"]``."""
+        order = {name: i for i, name in enumerate(self.site_names)}
+        unknown = sorted(set(self.meta["site"]) - set(order))
+        if unknown:
+            raise ValueError(f"prepared sites: meta.csv names sites {unknown} that info.json does not list")
+        return self.meta["site"].map(order).to_numpy(np.int64)
+
+    def indices(self, site: str, split: str) -> np.ndarray:
+        """Rows of ``site`` in ``split`` (``train``, ``val`` or ``test``)."""
+        m = self.meta
+        return np.flatnonzero((m["site"].to_numpy() == site) & (m["split"].to_numpy() == split))
+
+
 def _save_json(obj: dict, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
@@ -85,6 +121,15 @@ def write_ct(out: Path, subvolumes, candidates, candidate_meta: pd.DataFrame, no
     np.save(out / "nodules.npy", np.asarray(nodules, dtype=np.float16))
     np.save(out / "nodule_masks.npy", np.asarray(nodule_masks, dtype=np.uint8))
     nodule_meta.to_csv(out / "nodules.csv", index=False)
+    _save_json(info, out / "info.json")
+
+
+def write_sites(out: Path, images, labels, meta: pd.DataFrame, info: dict) -> None:
+    """Write the sites cache (layout in the module docstring)."""
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
+    np.save(out / "labels.npy", np.asarray(labels, dtype=np.float32))
+    meta.to_csv(out / "meta.csv", index=False)
     _save_json(info, out / "info.json")
 
 
@@ -123,8 +168,19 @@ def load_ct(folder: Path | None = None) -> PreparedCT:
     )
 
 
+def load_sites(folder: Path | None = None) -> PreparedSites:
+    folder = folder or paths.prepared_dir("sites")
+    _need(folder, ["images.npy", "labels.npy", "meta.csv", "info.json"])
+    return PreparedSites(
+        images=np.load(folder / "images.npy", mmap_mode="r"),
+        labels=np.load(folder / "labels.npy"),
+        meta=pd.read_csv(folder / "meta.csv"),
+        info=json.loads((folder / "info.json").read_text()),
+    )
+
+
 def digest(kind: str, folder: Path | None = None) -> str:
-    """SHA-1 over the names and bytes of every file of ``data/prepared/<kind>`` (``kind``: ``cxr`` or ``ct``).
+    """SHA-1 over the names and bytes of every file of ``data/prepared/<kind>`` (``kind``: ``cxr``, ``ct`` or ``sites``).
 
     Pretraining folds it into its checkpoint fingerprint, so a checkpoint of a run on other data (a changed
     generator, seed or real dataset) is never resumed.
