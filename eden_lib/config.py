@@ -227,6 +227,9 @@ def load_params(
     if overrides:
         cfg = _merge(cfg, _nest(overrides), "")
     _validate(cfg, source)
+    from eden_lib.data.synth_sites import check_sites
+
+    check_sites(cfg)
     if validate_methods:
         from eden_lib.methods import validate_method_config
 

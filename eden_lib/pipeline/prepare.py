@@ -3,7 +3,8 @@ split it at patient level and write the tensor cache later stages memory-map.
 
 With ``data.source: synthetic`` SynthCXR is written as ChestX-ray14 (PNG + ``Data_Entry_2017_v2020.csv`` + the
 official split lists) and SynthCT as LUNA16 (``subset*/<uid>.mhd/.raw``, ``annotations.csv``,
-``candidates_V2.csv``) under ``data/raw/synthetic/``; with ``real`` the same loaders read ``data.roots``.
+``candidates_V2.csv``) under ``data/raw/synthetic/``; with ``real`` the same loaders read ``data.roots``. The Ark
+sites (``data.sites``) follow the CXR cache: :func:`eden_lib.data.synth_sites.prepare_sites`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 from eden_lib import paths
 from eden_lib.data import prepared
 from eden_lib.data.splits import carve_validation
+from eden_lib.data.synth_sites import prepare_sites
 
 
 def _cxr_root(cfg: dict) -> Path:
@@ -242,10 +244,12 @@ def prepare_study(cfg: dict) -> pd.DataFrame:
         (synthetic / "README.md").write_text("data.source is 'real': no synthetic data was generated.\n")
     cxr_meta = prepare_cxr(cfg, _cxr_root(cfg))
     t1 = time.perf_counter()
-    ct_meta = prepare_ct(cfg, _ct_root(cfg))
+    sites = prepare_sites(cfg)
     t2 = time.perf_counter()
+    ct_meta = prepare_ct(cfg, _ct_root(cfg))
+    t3 = time.perf_counter()
     rows = []
-    for name, meta, seconds in (("cxr", cxr_meta, t1 - t0), ("ct_candidates", ct_meta, t2 - t1)):
+    for name, meta, seconds in (("cxr", cxr_meta, t1 - t0), ("ct_candidates", ct_meta, t3 - t2)):
         counts = meta["split"].value_counts()
         rows.append(
             {
@@ -255,4 +259,4 @@ def prepare_study(cfg: dict) -> pd.DataFrame:
                 "seconds": round(seconds, 1),
             }
         )
-    return pd.DataFrame(rows)
+    return pd.concat([pd.DataFrame(rows), sites], ignore_index=True)

@@ -80,16 +80,28 @@ def metric_bars(df: pd.DataFrame, x: str, y: str, hue: str, col: str, title: str
 
 
 def bias_boxes(table: pd.DataFrame) -> Figure:
-    """Per-sex AUC by training set and method; ``table`` is the bias study's tidy frame (one row per label)."""
+    """Ark's bias plot for every method: per-finding AUC on female (top) and male (bottom) test patients.
+
+    ``table`` is the bias study's tidy frame over methods and seeds (columns method, seed, train_set, label,
+    auc_male, auc_female; the ``"mean"`` rows are left out). One box per method and training set (female-trained
+    orange, male-trained blue, balanced grey): the distribution over seeds x findings of the point AUCs.
+    """
     per_label = table[table["label"] != "mean"]
-    long = per_label.melt(id_vars=["method", "train_set", "label", "seed"], value_vars=["auc_male", "auc_female"],
-                          var_name="sex", value_name="auc")
-    long["sex"] = long["sex"].map({"auc_male": "male", "auc_female": "female"})
-    grid = sns.catplot(data=long, x="train_set", y="auc", hue="sex", col="method", kind="box", height=3.2,
-                       aspect=1.0)
-    grid.set_axis_labels("training set", "AUC on the test set")
-    grid.figure.suptitle("Per-sex AUC of probes trained on male-only, female-only and balanced sets", y=1.04)
-    return grid.figure
+    methods = list(dict.fromkeys(per_label["method"]))
+    colours = sns.color_palette("colorblind")
+    palette = {"female": colours[1], "male": colours[0], "balanced": colours[7]}
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.75 * len(methods) + 2), 6.4), sharex=True, sharey=True,
+                             layout="constrained")
+    for ax, word in zip(axes, ("female", "male")):
+        sns.boxplot(data=per_label, x="method", y=f"auc_{word}", hue="train_set", order=methods,
+                    hue_order=["female", "male", "balanced"], palette=palette, fliersize=2, linewidth=0.8, ax=ax,
+                    legend=word == "female")
+        ax.axhline(0.5, color="0.5", linewidth=0.6, linestyle=":")
+        ax.set(title=f"AUC testing in {word} patients", xlabel="", ylabel="AUC per finding")
+    plt.setp(axes[1].get_xticklabels(), rotation=30, ha="right")
+    sns.move_legend(axes[0], "upper left", bbox_to_anchor=(1.01, 1), title="trained on", fontsize=8)
+    fig.suptitle("Gender bias: per-finding AUC by training set (boxes over seeds x findings)")
+    return fig
 
 
 def cxr_examples(cxr, n: int = 8) -> Figure:
