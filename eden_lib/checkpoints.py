@@ -3,6 +3,15 @@
 Every file is written to a temporary name in the same folder and moved into place with ``os.replace``, so a kill
 mid-write leaves the previous checkpoint intact. Every read uses ``torch.load(weights_only=True)``: an untrusted
 pickle is never executed. Keras ``.h5`` files are read as data with h5py (:mod:`eden_lib.keras_h5`).
+
+Ark (``source="ark"``) loads what maps exactly: an Ark network of this study's backbones (ResNet, ConvNeXt), as this
+repository's Ark run writes it (``teacher.pt``, the engine's ``last.pt``) or as a file in the release's layout (bare
+backbone keys beside ``projector.*`` and ``omni_heads.*``). The released Ark / Ark+ weights are timm Swin
+Transformers (Swin-B, Swin-L): no model of this study has their key layout, so such a file is refused with that
+reason, never loaded in part. MONAI's ``SwinTransformer`` (2D) is close but not 1:1: besides other stage names
+(``layers1.0.blocks.*`` for ``layers.0.blocks.*``) it ends its last stage with a fourth patch merging that timm's
+Swin has not (so those weights would stay random and its pooled features are 16 x, not 8 x, the embedding width) and
+its final normalisation has no parameters where timm's ``norm.*`` has.
 """
 
 from __future__ import annotations
@@ -123,6 +132,18 @@ _ADAM_V2_DROPPED = (
 )
 
 
+#: Ark (Ma et al., MICCAI 2023) entries that hold weights, in the order one is read: the EMA ``teacher`` (the
+#: released weights are the teacher), ``state_dict`` (the release's student; this study's ``save_weights`` files),
+#: ``model`` (this study's engine checkpoint, whose ``teacher.*`` is read); else the dict itself (a bare state dict)
+ARK_ENTRIES = ("teacher", "state_dict", "model")
+#: an Ark network's parts besides the backbone, kept for a network that has them (:class:`~eden_lib.methods.ark.ArkNetwork`)
+_ARK_PARTS = ("projector.", "omni_heads.")
+#: never part of an Ark network: timm's unused classifier, and the student and step counter of an engine checkpoint
+_ARK_DROPPED = ("head.", "head_dist.", "student.", "steps_done")
+#: keys that only a timm Swin Transformer backbone has
+_TIMM_SWIN = ("patch_embed.proj.weight", "layers.0.blocks.0.attn.relative_position_bias_table")
+
+
 def _identity(key: str, target: frozenset[str]) -> str | None:
     return key
 
@@ -166,6 +187,25 @@ def _adam_v2(key: str, target: frozenset[str]) -> str | None:
         return None
     prefix = next((p for p in _ADAM_V2_BACKBONE if key.startswith(p)), None)
     return key if prefix is None else key.removeprefix(prefix)
+
+
+def _ark_key(key: str) -> str:
+    return key.removeprefix("module.").removeprefix("teacher.")
+
+
+def _ark(key: str, target: frozenset[str]) -> str | None:
+    """Ark: ``module.`` (DataParallel) and ``teacher.`` (this study's engine checkpoint) stripped; timm's ``head.*`` /
+    ``head_dist.*`` and an engine checkpoint's ``student.*`` / ``steps_done`` dropped. Into a network with a
+    projector (:class:`~eden_lib.methods.ark.ArkNetwork`) the backbone goes under ``encoder.`` and ``projector.*`` /
+    ``omni_heads.*`` are kept; into a bare encoder those are dropped and the backbone keys are its own."""
+    key = _ark_key(key)
+    if key.startswith(_ARK_DROPPED):
+        return None
+    network = any(k.startswith(_ARK_PARTS) for k in target)
+    if key.startswith(_ARK_PARTS):
+        return key if network else None
+    key = key.removeprefix("encoder.")
+    return f"encoder.{key}" if network else key
 
 
 def _smp_unet(key: str, target: frozenset[str]) -> str | None:
@@ -226,6 +266,9 @@ KEY_MAPS: dict[str, KeyMap] = {
     # TransVW_chest_ct.pt / semantic_genesis_chest_ct.pt: {"state_dict": the 115 YNet3D keys}, possibly prefixed
     # "module." and / or "classficationNet."; into a YNet3D strictly, into a UNet3D without the clc_out head
     "transvw": _transvw,
+    # Ark: a teacher with projector.* and omni_heads.* (bare, or under teacher / state_dict / model), into an
+    # ArkNetwork or its bare encoder; timm Swin files are refused (module docstring)
+    "ark": _ark,
     # a Keras .h5 (eden_lib.keras_h5 names its weights ours): into a UNet3D / YNet3D built with upsample="nearest"
     # (and head="keras" for TransVW / SG files); the clc_out head as for "transvw"
     "keras_h5": _drop_absent_head,
@@ -255,11 +298,24 @@ def _adam_v2_entry(ckpt: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _ark_entry(ckpt: Mapping[str, Any]) -> str | None:
+    """The first entry of :data:`ARK_ENTRIES` that is a dict, else ``None`` (the weights are the dict itself)."""
+    return next((e for e in ARK_ENTRIES if isinstance(ckpt.get(e), Mapping)), None)
+
+
+def _is_ark(ckpt: Mapping[str, Any]) -> bool:
+    """Whether the weights :func:`_ark_entry` chooses hold ``omni_heads.*`` (``module.`` / ``teacher.`` stripped)."""
+    entry = _ark_entry(ckpt)
+    weights = ckpt if entry is None else ckpt[entry]
+    return any(_ark_key(str(k)).startswith("omni_heads.") for k in weights)
+
+
 def detect_source(ckpt: Mapping[str, Any]) -> str:
     """The layout of a checkpoint read by :func:`load_checkpoint` (a key of :data:`KEY_MAPS`).
 
     ``eden``: top-level ``info`` and ``state_dict``. ``adam_v2``: a ``teacher``, ``model`` or ``student`` entry
-    holding ``backbone.``, ``module.backbone.`` or ``module.teacher.backbone.`` weights. Otherwise the weights
+    holding ``backbone.``, ``module.backbone.`` or ``module.teacher.backbone.`` weights. ``ark``: ``omni_heads.*``
+    weights in the entry :func:`_ark_entry` chooses. Otherwise the weights
     (``state_dict`` if present, else the dict itself) decide: ``models_genesis``: all ``module.``, some
     ``module.down_tr64.``; ``transvw``: some ``clc_out.`` once ``module.`` / ``classficationNet.`` are stripped;
     ``dira_discriminator``: all ``module.model.``; ``dira_moco_wrapper``: some ``module.encoder_q.backbone.``;
@@ -275,6 +331,8 @@ def detect_source(ckpt: Mapping[str, Any]) -> str:
         return "eden"
     if _adam_v2_entry(ckpt) is not None:
         return "adam_v2"
+    if _is_ark(ckpt):
+        return "ark"
     state = ckpt.get("state_dict", ckpt)
     keys = [k for k in state if isinstance(k, str)] if isinstance(state, Mapping) else []
     for source, matches in _DETECTORS:
@@ -333,6 +391,17 @@ def _read_keras_h5(path: Path, model: nn.Module, own: Mapping[str, torch.Tensor]
 
 def _source_weights(ckpt: Mapping[str, Any], source: str, path: Path) -> tuple[str | None, Mapping[str, Any]]:
     """The entry holding the weights (``None`` for ``state_dict`` or the dict itself) and those weights."""
+    if source == "ark":
+        entry = _ark_entry(ckpt)
+        weights = ckpt if entry is None else ckpt[entry]
+        swin = sorted({_ark_key(str(k)) for k in weights} & set(_TIMM_SWIN))
+        if swin:
+            raise CheckpointError(
+                f"{path} (ark layout) holds a timm Swin Transformer backbone ({swin[0]}, ...): no model of this study "
+                f"has its key layout (MONAI's SwinTransformer adds a fourth patch merging and lacks the final norm), "
+                f"so it cannot be loaded strictly; load it into timm 0.5.4's swin_base_patch4_window7_224 instead"
+            )
+        return entry, weights
     if source != "adam_v2":
         return None, ckpt.get("state_dict", ckpt)
     entry = _adam_v2_entry(ckpt)
@@ -360,7 +429,9 @@ def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") ->
     ``moco`` or ``best_checkpoint.pth`` as ``torchvision``); ``adam_v2`` (Adam-v2's ``checkpoint.pth``: the teacher
     backbone, :data:`ADAM_V2_ENTRIES`, into a ResNetEncoder or a ConvNeXtEncoder, the ConvNeXt's final ``norm``
     included, which Adam-v2's fine-tuning code leaves out); ``dira_unet``, ``dira_moco_wrapper``,
-    ``dira_discriminator`` (DiRA / CAiD).
+    ``dira_discriminator`` (DiRA / CAiD); ``ark`` (an Ark network of this study's backbones, :data:`ARK_ENTRIES`,
+    into an :class:`~eden_lib.methods.ark.ArkNetwork` or its bare encoder; timm Swin files are refused, see the
+    module docstring).
 
     Args:
         path: the checkpoint file (read with ``weights_only=True``; never unpickles code).
@@ -370,7 +441,8 @@ def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") ->
     Returns:
         ``{"source": ..., "keys": n loaded from the file, "converted": [rgb_to_gray keys], "filled": [counters],
         "dropped": [the file's keys the key map left out, sorted; for keras_h5 under our names]}``, ``"bn_eps"``
-        for ``keras_h5`` and ``"entry"`` (the entry read: teacher, model or student) for ``adam_v2``.
+        for ``keras_h5`` and ``"entry"`` (the entry read: teacher, model or student) for ``adam_v2`` and ``ark`` (the
+        entry of :data:`ARK_ENTRIES`, absent for a bare state dict).
 
     Raises:
         CheckpointError: unknown layout, or missing / unexpected / mis-shaped keys (named).

@@ -8,7 +8,7 @@ from eden_lib.methods import METHODS, BuildContext, MethodConfigError, build_met
 from eden_lib.methods.supervised import masked_bce
 
 CTX = dict(backbone_2d={"name": "resnet18", "widths": [8, 16, 32, 64]}, unet2d_decoder=(32, 16, 8, 8, 8),
-           unet3d_width=4, image_size=32)
+           unet3d_width=4, image_size=32, site_label_counts=(3, 2))
 
 
 def ctx(dims: int) -> BuildContext:
@@ -39,7 +39,8 @@ BLOCKS = {"scratch": {}, "supervised": {"lr": 0.01}, "models_genesis": {"batch_s
           "transvw": {"batch_size": 4, "n_classes": 3}, "semantic_genesis": {"batch_size": 4, "n_classes": 3},
           "adam_v1": {**TINY_TWO_VIEW, **TINY_MOCO},
           "adam_v2": {"batch_size": 4, "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local": 2,
-                      "base_lr": 0.5, "warmup_fraction": 0.0}}
+                      "base_lr": 0.5, "warmup_fraction": 0.0},
+          "ark": {"batch_size": 4, "lr": 0.05, "projector_dim": 16}}
 #: on a fixed batch a queue-based loss rises: the queue fills with the batch's own keys, negatives that match the
 #: positives (test_methods_siamese.py checks that MoCo's loss falls against a fixed queue)
 QUEUE_FED = {"moco_v2", "adam_v1"}
@@ -55,10 +56,14 @@ def test_method_trains_and_exports(name, dims, tmp_path):
     if method.trains:
         if hasattr(method, "set_total_steps"):
             method.set_total_steps(8)
+        if hasattr(method, "set_schedule"):  # Ark: the 8 steps are site 0's turn
+            method.set_schedule([8, 1], 1)
         opt = method.configure_optimizer()
         g = torch.Generator().manual_seed(0)
-        fixed = batch(dims, g, renders=method.data.get(dims) == "cxr_renders",
+        fixed = batch(dims, g, renders=method.data.get(dims) in ("cxr_renders", "cxr_sites"),
                       classes=method.cfg.n_classes if method.data.get(dims) == "visual_words" else 0)
+        if method.data.get(dims) == "cxr_sites":
+            fixed["site"] = torch.zeros(4, dtype=torch.int64)
         losses = []
         for _ in range(8):
             out = method(fixed, torch.Generator().manual_seed(1))

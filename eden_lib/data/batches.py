@@ -6,7 +6,8 @@ batched ``grid_sample``, so fine anatomy keeps its detail. No horizontal flips: 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -70,6 +71,49 @@ def render_batches(
                 "image": to_unit(images[rows]),
                 "label": torch.from_numpy(np.asarray(labels[rows], dtype=np.float32)),
             }
+
+    return factory
+
+
+def site_steps(sizes: Sequence[int], steps: int, multiple: int = 1) -> list[int]:
+    """Split an epoch's ``steps`` over sites in proportion to their sizes (Ark's turn is one pass over a data set),
+    largest remainders first, each site with rows at least one step; every count is then rounded up to a multiple
+    of ``multiple`` (the DDP world size, so each rank takes the same steps of every turn). A site without rows
+    gets 0 steps."""
+    if steps < 1 or multiple < 1:
+        raise ValueError(f"site_steps: steps {steps} and multiple {multiple} must be >= 1")
+    sizes = [int(n) for n in sizes]
+    if sum(sizes) == 0:
+        raise ValueError(f"site_steps: every site is empty (sizes {sizes})")
+    share = [steps * n / sum(sizes) for n in sizes]
+    counts = [math.floor(x) for x in share]
+    for i in sorted(range(len(sizes)), key=lambda i: counts[i] - share[i])[: steps - sum(counts)]:
+        counts[i] += 1
+    counts = [max(c, 1) if n else 0 for c, n in zip(counts, sizes)]
+    return [math.ceil(c / multiple) * multiple for c in counts]
+
+
+def site_batches(
+    images: np.ndarray, labels: np.ndarray, site_rows: Sequence[np.ndarray], steps_per_site: Sequence[int],
+    batch_size: int,
+) -> BatchFactory:
+    """Ark's cyclic batches: each epoch ``steps_per_site[0]`` batches of site 0, then site 1's, ...; a batch holds one
+    site: ``image`` (B, 1, R, R) whole renders in [0, 1], ``label`` (B, K_max) float32 (NaN = unknown or padding) and
+    ``site`` (B,) int64. ``site_rows[d]``: the rows of site d; B is ``batch_size`` or the site's size if smaller."""
+    if len(site_rows) != len(steps_per_site):
+        raise ValueError(f"{len(site_rows)} sites but {len(steps_per_site)} step counts")
+
+    def factory(epoch: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        for site, (rows, steps) in enumerate(zip(site_rows, steps_per_site)):
+            if not steps:
+                continue
+            for idx in _permuted_batches(len(rows), min(batch_size, len(rows)), steps, generator):
+                chosen = rows[idx]
+                yield {
+                    "image": to_unit(images[chosen]),
+                    "label": torch.from_numpy(np.asarray(labels[chosen], dtype=np.float32)),
+                    "site": torch.full((len(chosen),), site, dtype=torch.int64),
+                }
 
     return factory
 

@@ -7,13 +7,14 @@ from typing import Any
 
 from eden_lib.methods.adam_v1 import AdamV1
 from eden_lib.methods.adam_v2 import AdamV2
+from eden_lib.methods.ark import Ark
 from eden_lib.methods.barlow_twins import BarlowTwins
 from eden_lib.methods.base import BuildContext, Method, MethodConfigError, parse_config
 from eden_lib.methods.caid import CAiD
-from eden_lib.methods.dira import DiRA
 from eden_lib.methods.dino import Dino
-from eden_lib.methods.models_genesis import ModelsGenesis
+from eden_lib.methods.dira import DiRA
 from eden_lib.methods.moco_v2 import MoCoV2
+from eden_lib.methods.models_genesis import ModelsGenesis
 from eden_lib.methods.scratch import Scratch
 from eden_lib.methods.semantic_genesis import SemanticGenesis
 from eden_lib.methods.simsiam import SimSiam
@@ -34,6 +35,7 @@ METHODS: dict[str, type[Method]] = {
     "dino": Dino,
     "adam_v1": AdamV1,
     "adam_v2": AdamV2,
+    "ark": Ark,
 }
 
 

@@ -33,6 +33,8 @@ class BuildContext:
         n_labels: supervised targets per sample (findings for 2D, 1 for 3D candidates).
         image_size: the 2D training resolution (``data.image_size``); methods reading ``cxr_renders`` crop their
             views from the full render and resample them to this size.
+        site_label_counts: labels of each site of the prepared sites data, in training order (``cxr_sites``
+            methods: one head per site); empty otherwise.
     """
 
     spatial_dims: int
@@ -41,6 +43,7 @@ class BuildContext:
     unet3d_width: int
     n_labels: int
     image_size: int = 64
+    site_label_counts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Every method gets the same budget in encoder passes (``pretrain.image_passes_2d`` / ``volume_passes_3d``), spread
 over ``pretrain.epochs`` epochs with a checkpoint after each; a rerun after a kill resumes from the last one.
 Writes the exported weights to ``data/models/<method>/`` (``encoder.pt`` and ``unet.pt`` for 2D, ``unet3d.pt`` for
-3D), ``reports/metrics/pretrain/<method>.json`` and ``reports/plots/pretrain/<method>.csv``.
+3D; Ark also ``teacher.pt``), ``reports/metrics/pretrain/<method>.json`` and ``reports/plots/pretrain/<method>.csv``.
+Ark (data ``cxr_sites``) trains on ``data/prepared/sites`` in site turns (:func:`site_schedule`).
 
 Also a command line, for ``torchrun`` and for runs outside DVC::
 
@@ -31,7 +32,7 @@ def checkpoint_dir(method: str, dims: int) -> Path:
     return paths.data_dir() / "checkpoints" / method / f"{dims}d"
 
 
-def build_context(cfg: dict, dims: int, n_labels: int):
+def build_context(cfg: dict, dims: int, n_labels: int, site_label_counts: tuple[int, ...] = ()):
     from eden_lib.methods import BuildContext
 
     p = cfg["pretrain"]
@@ -42,6 +43,7 @@ def build_context(cfg: dict, dims: int, n_labels: int):
         unet3d_width=p["unet3d_width"],
         n_labels=n_labels,
         image_size=cfg["data"]["image_size"],
+        site_label_counts=site_label_counts,
     )
 
 
@@ -57,18 +59,37 @@ def fingerprint(cfg: dict, method: str, dims: int) -> str:
     keys["method"] = cfg["methods"][method]
     keys["dims"] = dims
     keys["data_digest"] = digest("cxr" if dims == 2 else "ct")
+    if "cxr_sites" in method_class(method).data.values():
+        keys["sites_digest"] = digest("sites")
     if KIND in method_class(method).data.values():
         keys["words_digest"] = digest(KIND, paths.data_dir() / KIND / f"{dims}d")
     return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()
 
 
+def site_schedule(steps: int, split: str = "train") -> list[int]:
+    """Steps of each site's turn (``cxr_sites``): an epoch's ``steps`` split over the sites of the prepared sites data
+    in proportion to their ``split`` rows (:func:`~eden_lib.data.batches.site_steps`), each a multiple of the DDP
+    world size."""
+    from eden_lib.data import batches, prepared
+    from eden_lib.engine import distributed_context
+
+    sites = prepared.load_sites()
+    sizes = [len(sites.indices(name, split)) for name in sites.site_names]
+    return batches.site_steps(sizes, steps, distributed_context()[1])
+
+
 def _batches(cfg: dict, method, dims: int, steps: int, split: str = "train", batch_size: int | None = None):
     """The batch factory of ``method``'s data in ``dims`` D: ``steps`` batches an epoch from ``split`` (CXR kinds:
-    ``train`` | ``val``; SynthCT's subvolumes and the visual words exist for training scans only)."""
+    ``train`` | ``val``; SynthCT's subvolumes and the visual words exist for training scans only; ``cxr_sites``:
+    :func:`site_schedule` splits the steps over the sites)."""
     from eden_lib.data import batches, prepared
 
     kind = method.data[dims]
     bs = batch_size or method.cfg.batch_size
+    if kind == "cxr_sites":
+        sites = prepared.load_sites()
+        rows = [sites.indices(name, split) for name in sites.site_names]
+        return batches.site_batches(sites.images, sites.labels, rows, site_schedule(steps, split), bs)
     if kind == "cxr_images":
         cxr = prepared.load_cxr()
         rows = cxr.split_indices(split)
@@ -96,8 +117,9 @@ def _batches(cfg: dict, method, dims: int, steps: int, split: str = "train", bat
 def monitor_batches(cfg: dict, method, dims: int) -> list[dict]:
     """The fixed batches the monitored loss is scored on every epoch (:func:`eden_lib.engine.monitor_loss`):
     ``pretrain.monitor_samples`` samples drawn once with the study seed (a smaller pool is sampled again), from the
-    CXR validation split in 2D (training images when ``data.cxr.val_fraction`` is 0) and from the training data in
-    3D and for visual words (the only data those exist for). Empty when ``monitor_samples`` is 0."""
+    CXR validation split in 2D (training images when ``data.cxr.val_fraction`` is 0), from the sites' own validation
+    rows for ``cxr_sites`` (one batch per site), and from the training data in 3D and for visual words (the only data
+    those exist for). Empty when ``monitor_samples`` is 0."""
     import torch
 
     n = cfg["pretrain"]["monitor_samples"]
@@ -105,21 +127,28 @@ def monitor_batches(cfg: dict, method, dims: int) -> list[dict]:
         return []
     bs = min(method.cfg.batch_size, n)
     split = "val" if dims == 2 and cfg["data"]["cxr"]["val_fraction"] > 0 else "train"
-    factory = _batches(cfg, method, dims, math.ceil(n / bs), split, bs)
+    steps = math.ceil(n / bs)
+    if method.data.get(dims) == "cxr_sites":  # about n / sites from each site's own validation rows, one batch each
+        split, steps = "val", len(method.ctx.site_label_counts)
+        bs = min(bs, math.ceil(n / steps))
+    factory = _batches(cfg, method, dims, steps, split, bs)
     return list(factory(0, torch.Generator().manual_seed(cfg["seed"])))
 
 
 def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None = None) -> dict:
     """Pretrain (or, for untrained methods, initialise) ``name`` in ``dims`` D and export its weights."""
     from eden_lib.checkpoints import save_weights
+    from eden_lib.data.prepared import load_sites
     from eden_lib.engine import TrainConfig, distributed_context, fit
-    from eden_lib.methods import build_method
+    from eden_lib.methods import build_method, method_class
     from eden_lib.seed import seed_everything
 
     rank, world = distributed_context()
     n_labels = len(cfg["data"]["cxr"]["labels"]) if dims == 2 else 1
+    sites = method_class(name).data.get(dims) == "cxr_sites"
+    site_label_counts = tuple(len(labels) for labels in load_sites().site_labels) if sites else ()
     seed_everything(cfg["seed"])
-    method = build_method(name, cfg["methods"][name], build_context(cfg, dims, n_labels))
+    method = build_method(name, cfg["methods"][name], build_context(cfg, dims, n_labels, site_label_counts))
     history: list[dict] = []
     t0 = time.perf_counter()
     p = cfg["pretrain"]
@@ -130,10 +159,15 @@ def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None
         steps = max(1, math.ceil(budget / per_step / epochs))
         if hasattr(method, "set_total_steps"):  # per-step schedules and checks; under DDP a rank takes steps // world
             method.set_total_steps(max(1, steps // world) * epochs)
+        factory = _batches(cfg, method, dims, steps)
+        if sites:  # the cyclic schedule: each site's turn, this rank's share of it
+            per_site = site_schedule(steps)
+            method.set_schedule([s // world for s in per_site], epochs)
+            steps = sum(per_site)
         optimizer = method.configure_optimizer()
         history = fit(
             method,
-            _batches(cfg, method, dims, steps),
+            factory,
             optimizer,
             TrainConfig(
                 epochs=epochs,
