@@ -23,7 +23,8 @@ import yaml
 from eden_lib import paths
 
 #: Profiles DVC may resolve ``profiles.${profile}.<section>`` against: each must declare every section below.
-SECTIONS = ("data", "self_discovery", "pretrain", "methods", "transfer", "tasks", "embedding", "bias", "report")
+SECTIONS = ("data", "self_discovery", "pretrain", "methods", "transfer", "tasks", "embedding", "bias", "froc",
+            "report")
 TOP_LEVEL = ("profile", "seed", "active_methods", *SECTIONS, "profiles")
 
 
@@ -37,6 +38,18 @@ def _positive_int(v: Any) -> bool:
 
 def _fraction(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _triple(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and len(v) == 3 and all(ok(x) for x in v)
+
+
+def _range(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v) and v[0] <= v[1]
 
 
 def _int_list(v: Any) -> bool:
@@ -75,6 +88,29 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a non-empty list of 'tsne' and/or 'umap'",
     ),
     "bias.n_bootstrap": (_positive_int, "a positive integer"),
+    "froc.n_train": (lambda v: _positive_int(v) and v <= 20, "an integer in [1, 20] (CAD-PE IDs 001-020)"),
+    "froc.n_test": (lambda v: _positive_int(v) and v <= 20, "an integer in [1, 20] (CAD-PE IDs 021-040)"),
+    "froc.shape": (_triple(lambda x: _positive_int(x) and x >= 8), "three integers >= 8, (x, y, z)"),
+    "froc.spacing": (_triple(lambda x: _number(x) and x > 0), "three positive voxel sizes in mm, (x, y, z)"),
+    "froc.emboli_per_scan": (lambda v: _range(v) and all(_positive_int(x) for x in v),
+                             "[min, max] integers with 1 <= min <= max (PE-free scans: pe_free_fraction)"),
+    "froc.pe_free_fraction": (lambda v: _number(v) and 0 <= v < 1, "a probability in [0, 1)"),
+    "froc.embolus_hu": (_range, "[min, max] HU with min <= max"),
+    "froc.contrast_hu": (_range, "[min, max] HU with min <= max, above embolus_hu"),
+    "froc.embolus_length_mm": (lambda v: _range(v) and v[0] > 0, "[min, max] mm with 0 < min <= max"),
+    "froc.occlusive_fraction": (lambda v: _number(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
+    "froc.min_vessel_radius_mm": (lambda v: _number(v) and v > 0, "a positive radius in mm"),
+    "froc.patch": (_triple(lambda x: _positive_int(x) and x % 8 == 0), "three positive multiples of 8, (x, y, z)"),
+    "froc.window": (_triple(lambda x: _positive_int(x) and x % 8 == 0), "three positive multiples of 8, (x, y, z)"),
+    "froc.positive_fraction": (lambda v: _number(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
+    "froc.steps": (_positive_int, "a positive integer"),
+    "froc.batch_size": (_positive_int, "a positive integer"),
+    "froc.lr": (lambda v: _number(v) and v > 0, "a positive learning rate"),
+    "froc.overlap": (lambda v: _number(v) and 0 <= v < 1, "a fraction in [0, 1)"),
+    "froc.threshold": (lambda v: _number(v) and 0 < v < 1, "a probability in (0, 1)"),
+    "froc.fp_rates": (lambda v: isinstance(v, list) and len(v) > 0 and all(_number(x) and x > 0 for x in v),
+                      "a non-empty list of positive FP/scan rates"),
+    "froc.tolerance_mm": (lambda v: _number(v) and v >= 0, "a distance >= 0 mm (0: the challenge's hit rule)"),
 }
 
 
@@ -94,11 +130,30 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+#: mappings whose keys the base does not list (their own checks validate them): ``pretrain.init`` names methods
+OPEN_MAPPINGS = frozenset({"pretrain.init"})
+#: keys of a ``pretrain.init.<method>`` entry; ``path`` is required
+INIT_KEYS = ("path", "source", "dims")
+
+
+def _merge_open(base: Mapping, override: Mapping) -> dict:
+    """Deep-merge ``override`` into a copy of ``base`` without a schema (:data:`OPEN_MAPPINGS`)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        both = isinstance(out.get(key), Mapping) and isinstance(value, Mapping)
+        out[key] = _merge_open(out[key], value) if both else copy.deepcopy(value)
+    return out
+
+
 def _merge(base: dict, override: Mapping, where: str) -> dict:
-    """Deep-merge ``override`` into a copy of ``base``; every overridden key must exist in ``base``."""
+    """Deep-merge ``override`` into a copy of ``base``; every overridden key must exist in ``base`` (except under
+    :data:`OPEN_MAPPINGS`)."""
     out = copy.deepcopy(base)
     for key, value in override.items():
         dotted = f"{where}.{key}" if where else str(key)
+        if where in OPEN_MAPPINGS:
+            out = _merge_open(out, {key: value})
+            continue
         if key not in out:
             allowed = ", ".join(map(str, out)) or "(none)"
             raise ConfigError(f"unknown key '{dotted}' (value {value!r}); allowed keys here: {allowed}")
@@ -137,6 +192,59 @@ def _get(cfg: Mapping, dotted: str) -> Any:
 PROTOCOLS = ("linear_probe", "finetune", "finetune_encoder")
 
 
+def _check_init(cfg: dict, source: str) -> None:
+    """``pretrain.init``: ``{<method>: {path: <file>, source: <layout>, dims: [2]}}``; ``source`` (default ``auto``)
+    and ``dims`` (default: the method's dimensions, which must then be one) are optional. Whether the method trains
+    and pretrains those dimensions is checked with the method blocks (:func:`_check_init_methods`); whether the file
+    exists and fits, when pretraining starts."""
+    init = cfg["pretrain"]["init"]
+    if not isinstance(init, Mapping):
+        raise ConfigError(f"{source}: 'pretrain.init' = {init!r}; expected a mapping {{<method>: {{path: <file>}}}}")
+    for method, entry in init.items():
+        where = f"pretrain.init.{method}"
+        if method not in cfg["methods"]:
+            raise ConfigError(f"{source}: '{where}' names no method; allowed: {sorted(cfg['methods'])}")
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{source}: '{where}' = {entry!r}; expected a mapping with keys {list(INIT_KEYS)}")
+        unknown = sorted(set(entry) - set(INIT_KEYS))
+        if unknown:
+            raise ConfigError(f"{source}: '{where}' has unknown keys {unknown}; allowed: {list(INIT_KEYS)}")
+        path = entry.get("path")
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"{source}: '{where}.path' = {path!r}; expected the checkpoint file (a non-empty "
+                              f"string, relative to the repository root)")
+        layout = entry.get("source", "auto")
+        if layout != "auto":
+            from eden_lib.checkpoints import KEY_MAPS
+
+            if layout not in KEY_MAPS:
+                raise ConfigError(f"{source}: '{where}.source' = {layout!r}; allowed: 'auto', "
+                                  f"{', '.join(map(repr, sorted(KEY_MAPS)))}")
+        dims = entry.get("dims", [2, 3])
+        if not isinstance(dims, list) or not dims or not set(dims) <= {2, 3} or len(set(dims)) != len(dims):
+            raise ConfigError(f"{source}: '{where}.dims' = {dims!r}; expected [2], [3] or [2, 3]")
+
+
+def _check_init_methods(cfg: dict, source: str) -> None:
+    """Each ``pretrain.init`` method trains (``scratch`` / ``external`` do not: ``external`` takes a file as it is)
+    and pretrains the dimensions its entry names; an entry without ``dims`` is for a method of one dimension (one file
+    cannot fit both the 2D encoder and the UNet3D)."""
+    from eden_lib.methods import method_class, validate_method_config
+
+    for method, entry in cfg["pretrain"]["init"].items():
+        where = f"pretrain.init.{method}"
+        if not method_class(method).trains:
+            raise ConfigError(f"{source}: '{where}': {method} does not train, so there is nothing to continue; to "
+                              f"transfer from a file as it is, use the external method (methods.external.path_2d / "
+                              f"path_3d)")
+        own = validate_method_config(method, cfg["methods"][method]).dims
+        if "dims" in entry and not set(entry["dims"]) <= set(own):
+            raise ConfigError(f"{source}: '{where}.dims' = {entry['dims']!r}; methods.{method}.dims is {list(own)}")
+        if "dims" not in entry and len(own) > 1:
+            raise ConfigError(f"{source}: '{where}' has no dims and {method} pretrains {list(own)}: one file cannot "
+                              f"fit both the 2D encoder and the UNet3D; set '{where}.dims' to [2] or [3]")
+
+
 def _validate(cfg: dict, source: str) -> None:
     for key, (ok, allowed) in CHECKS.items():
         try:
@@ -154,6 +262,7 @@ def _validate(cfg: dict, source: str) -> None:
         )
     if len(set(cfg["active_methods"])) != len(cfg["active_methods"]):
         raise ConfigError(f"{source}: 'active_methods' = {cfg['active_methods']} lists a method twice")
+    _check_init(cfg, source)
     tasks = cfg["tasks"]
     for name, block in tasks.items():
         for proto in block.get("protocols", []):
@@ -235,6 +344,7 @@ def load_params(
 
         for method in cfg["active_methods"]:
             validate_method_config(method, cfg["methods"][method])
+        _check_init_methods(cfg, source)
         from eden_lib.pipeline.self_discovery import check_classes
 
         check_classes(cfg)

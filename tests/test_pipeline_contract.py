@@ -21,6 +21,7 @@ STAGE_NOTEBOOK = {
     "transfer": "20_transfer",
     "embedding": "30_embedding",
     "bias": "40_gender_bias",
+    "froc": "60_froc",
     "report": "90_report",
 }
 
@@ -35,7 +36,7 @@ def test_dvc_lists_exactly_the_stages_the_config_resolves():
     for profile in ("synthetic", "smoke", "extended", "paper"):
         methods = load_params(profile=profile, validate_methods=False)["active_methods"]
         expected = ["prepare", "self_discovery", *(f"pretrain@{m}" for m in methods), *(f"transfer@{m}" for m in methods),
-                    "embedding", "bias", "report"]
+                    "embedding", "bias", "froc", "report"]
         assert sorted(out) == sorted(expected), profile
 
 

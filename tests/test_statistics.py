@@ -132,3 +132,12 @@ def test_percentile_ci_ignores_nan():
     assert (lo, hi) == pytest.approx((5.0, 95.0))
     lo, hi = percentile_ci(np.full((10, 2), np.nan))
     assert np.isnan(lo).all() and np.isnan(hi).all()
+
+
+def test_paired_t_treats_differences_equal_up_to_rounding_as_zero_variance():
+    a = np.array([3, 5, 7]) / 12
+    b = a - 1 / 12  # every paired difference is 1/12 up to float rounding
+    res = paired_t(a, b)
+    assert res["diff"] == pytest.approx(1 / 12)
+    assert np.isnan(res["p"]) and res["ci_low"] == pytest.approx(res["ci_high"])
+    assert np.isfinite(paired_t([0.5, 0.6, 0.7], [0.4, 0.45, 0.69])["p"])

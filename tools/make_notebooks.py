@@ -101,7 +101,8 @@ NOTEBOOKS: dict[str, tuple[str, str, list[str]]] = {
     ),
     "40_gender_bias": (
         "# Gender bias\n\nLinear probes trained on male-only, female-only and balanced sets of the same size; AUC per "
-        "sex on the test set; male - female gaps with bootstrap CIs. Reads params: `seed`, `data`, `transfer`, "
+        "sex on the test set; male - female gaps with bootstrap CIs; matched- minus opposite-sex-trained AUC per test sex "
+        "and finding with pooled-bootstrap p-values, Holm-corrected. Reads params: `seed`, `data`, `transfer`, "
         "`bias`, `active_methods`.",
         "profile = None  # None: the profile named in params.yaml",
         [
@@ -111,6 +112,24 @@ NOTEBOOKS: dict[str, tuple[str, str, list[str]]] = {
             "\"gap\"]].mean()",
             "from eden_lib import paths\nfrom eden_lib.reporting import figures\n\nfig = figures.bias_boxes(table)\n"
             "figures.save(fig, paths.figures_dir(\"bias\") / \"gender.png\")",
+            "timer.write()",
+        ],
+    ),
+    "60_froc": (
+        "# Pulmonary embolism detection (FROC)\n\nA UNet3D detector per method with a 3D network (scratch and every "
+        "exported UNet3D), fine-tuned on CTPA training scans (SynthCTPA written and read back in the CAD-PE layout, or "
+        "the real release) and run on the test scans; connected components of the probability map become scored "
+        "markers, scored per embolus with the CAD-PE hit rule: sensitivity at 1, 2, 4 false positives per scan and the "
+        "FROC curve, mean ± std over the transfer seeds, compared with scratch. Reads params: `seed`, `data`, "
+        "`pretrain`, `transfer.seeds`, `froc`, `active_methods`.",
+        "profile = None  # None: the profile named in params.yaml",
+        [
+            SETUP.format(timer='"froc"'),
+            "import pandas as pd\n\nfrom eden_lib.pipeline.froc import run_froc\n\nmetrics = run_froc(cfg, "
+            "cfg[\"active_methods\"])\nprint(\"skipped:\", metrics[\"skipped\"])\npd.DataFrame({(m, k): {s: v[s] for s in "
+            "(\"mean\", \"std\", \"stars\")} for m, per in metrics[\"summary\"].items() for k, v in per.items()}).T",
+            "from IPython.display import Image\n\nfrom eden_lib import paths\n\n"
+            "Image(filename=str(paths.figures_dir(\"froc\") / \"froc_curves.png\"))",
             "timer.write()",
         ],
     ),

@@ -70,10 +70,15 @@ def percentile_ci(replicates: np.ndarray, level: float = 0.95, axis: int = 0) ->
     return lo, hi
 
 
+ZERO_SD = 1e-9  # relative s.d. of paired differences treated as exactly zero (float rounding)
+
+
 def paired_t(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dict[str, float]:
     """Paired t-test of ``a - b`` (same seeds, aligned): diff, CI, Cohen's d_z (mean/sd of differences), p.
 
     n < 2 or zero variance of the differences give NaN p and d (the CI collapses to the diff at zero variance).
+    Differences equal up to float rounding (e.g. sensitivities k / E computed two ways) count as zero variance: an
+    s.d. below :data:`ZERO_SD` times the largest |difference| would otherwise make p spuriously tiny.
     """
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     n = d.size
@@ -81,6 +86,8 @@ def paired_t(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dict[str, flo
     if n < 2:
         return out
     sd = float(d.std(ddof=1))
+    if sd <= ZERO_SD * max(float(np.abs(d).max()), np.finfo(np.float64).tiny):
+        sd = 0.0
     half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n)
     out.update(ci_low=out["diff"] - half, ci_high=out["diff"] + half)
     if sd > 0:

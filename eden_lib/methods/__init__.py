@@ -13,6 +13,7 @@ from eden_lib.methods.base import BuildContext, Method, MethodConfigError, parse
 from eden_lib.methods.caid import CAiD
 from eden_lib.methods.dino import Dino
 from eden_lib.methods.dira import DiRA
+from eden_lib.methods.external import External
 from eden_lib.methods.moco_v2 import MoCoV2
 from eden_lib.methods.models_genesis import ModelsGenesis
 from eden_lib.methods.scratch import Scratch
@@ -36,6 +37,7 @@ METHODS: dict[str, type[Method]] = {
     "adam_v1": AdamV1,
     "adam_v2": AdamV2,
     "ark": Ark,
+    "external": External,
 }
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -49,9 +48,16 @@ from torch import nn
 from eden_lib.losses.dino import DINOLoss
 from eden_lib.losses.part_whole import DECOMPOSE_NORMS, composability_loss, decomposability_loss
 from eden_lib.methods import networks
-from eden_lib.methods.base import BuildContext, Method, MethodConfigError
+from eden_lib.methods.base import (
+    BuildContext,
+    Method,
+    MethodConfigError,
+    adamw_no_norm_decay,
+    check_2d_batch,
+    config_failure,
+)
 from eden_lib.models.dino_head import DINOHead, DinoNetwork
-from eden_lib.models.ema import cosine_momentum, momentum_copy, momentum_update
+from eden_lib.models.ema import CosineEMATeacher, momentum_copy
 from eden_lib.models.part_whole_heads import compose_head, decompose_head
 from eden_lib.transforms.part_whole import LOCAL_AREA_BIN_EDGES, PartWholeRecipe, WholeMultiCrop, spread_bins
 
@@ -111,14 +117,9 @@ class AdamV2Config:
 
     def validate(self, name: str) -> None:
         def fail(key: str, expected: str) -> MethodConfigError:
-            value = getattr(self, key)
-            shown = list(value) if isinstance(value, tuple) else value
-            return MethodConfigError(f"methods.{name}.{key} = {shown!r}; expected {expected}")
+            return config_failure(name, self, key, expected)
 
-        if not self.dims or set(self.dims) != {2}:
-            raise fail("dims", "[2] (Adam-v2 is implemented for 2D only)")
-        if self.batch_size < 2:
-            raise fail("batch_size", ">= 2 (batch norm needs two samples)")
+        check_2d_batch(name, self, "Adam-v2")
         for key in ("out_dim", "hidden_dim", "bottleneck_dim", "base_lr", "student_temp", "teacher_temp"):
             if getattr(self, key) <= 0:
                 raise fail(key, "> 0")
@@ -150,7 +151,7 @@ class AdamV2Config:
             raise fail("decompose_norm", f"one of {list(DECOMPOSE_NORMS)}")
 
 
-class AdamV2(Method):
+class AdamV2(CosineEMATeacher, Method):
     """Adam-v2 on radiographs: DINO student / EMA teacher plus part-whole heads; exported teacher encoder."""
 
     name = "adam_v2"
@@ -259,23 +260,11 @@ class AdamV2(Method):
                 "stage": torch.tensor(float(stage)), "granularity": torch.tensor(float(g))}
 
     @torch.no_grad()
-    def after_step(self) -> None:
-        """EMA update of the teacher with the cosine momentum of this step, then count the step."""
-        assert self.total_steps is not None
-        m = cosine_momentum(self.cfg.momentum, int(self.steps_done), self.total_steps)
-        momentum_update(self.teacher, self.student, m)
-        self.steps_done += 1
-
     def exports(self) -> dict[str, nn.Module]:
         return {"encoder": self.teacher.encoder}
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         """AdamW at ``base_lr * batch_size / 256`` over the student and both heads; no decay on biases and norms."""
         modules = (self.student, self.compose_head, self.decompose_head)
-        params = [p for m in modules for p in m.parameters() if p.requires_grad]
-        groups: list[dict[str, Any]] = [
-            {"params": [p for p in params if p.ndim > 1]},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ]
-        lr = self.cfg.base_lr * self.cfg.batch_size / 256
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=self.cfg.weight_decay)
+        return adamw_no_norm_decay([p for m in modules for p in m.parameters()],
+                                   self.cfg.base_lr * self.cfg.batch_size / 256, self.cfg.weight_decay)

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eden_lib.methods import networks
-from eden_lib.methods.base import BuildContext, Method, MethodConfigError
+from eden_lib.methods.base import BuildContext, Method, MethodConfigError, check_2d_batch, config_failure
 from eden_lib.methods.supervised import masked_bce
 from eden_lib.models.ema import cosine_momentum, momentum_copy, momentum_update
 from eden_lib.transforms.views import crop_boxes
@@ -111,14 +111,9 @@ class ArkConfig:
 
     def validate(self, name: str) -> None:
         def fail(key: str, expected: str) -> MethodConfigError:
-            value = getattr(self, key)
-            shown = list(value) if isinstance(value, tuple) else value
-            return MethodConfigError(f"methods.{name}.{key} = {shown!r}; expected {expected}")
+            return config_failure(name, self, key, expected)
 
-        if not self.dims or set(self.dims) != {2}:
-            raise fail("dims", "[2] (Ark is implemented for 2D only)")
-        if self.batch_size < 2:
-            raise fail("batch_size", ">= 2 (batch norm needs two samples)")
+        check_2d_batch(name, self, "Ark")
         for key in ("lr", "projector_dim"):
             if getattr(self, key) <= 0:
                 raise fail(key, "> 0")

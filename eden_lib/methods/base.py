@@ -56,6 +56,32 @@ class MethodConfig:
     weight_decay: float = 0.0
 
 
+def config_failure(name: str, cfg: Any, key: str, expected: str) -> MethodConfigError:
+    """An error naming ``methods.<name>.<key>``, its value in ``cfg`` (tuples shown as lists) and what was expected."""
+    value = getattr(cfg, key)
+    shown = list(value) if isinstance(value, tuple) else value
+    return MethodConfigError(f"methods.{name}.{key} = {shown!r}; expected {expected}")
+
+
+def check_2d_batch(name: str, cfg: Any, label: str) -> None:
+    """The checks of every 2D-only, batch-norm method: ``dims`` is [2] and ``batch_size`` >= 2."""
+    if not cfg.dims or set(cfg.dims) != {2}:
+        raise config_failure(name, cfg, "dims", f"[2] ({label} is implemented for 2D only)")
+    if cfg.batch_size < 2:
+        raise config_failure(name, cfg, "batch_size", ">= 2 (batch norm needs two samples)")
+
+
+def adamw_no_norm_decay(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with ``weight_decay`` on weight matrices and kernels only; biases and norm parameters (ndim <= 1) are
+    not decayed (DINO's recipe, also Adam-v2's)."""
+    params = [p for p in params if p.requires_grad]
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in params if p.ndim > 1]},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
 def _check_type(name: str, key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin is tuple:

@@ -22,16 +22,22 @@ student's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from eden_lib.losses.dino import DINOLoss, teacher_temperature
 from eden_lib.methods import networks
-from eden_lib.methods.base import BuildContext, Method, MethodConfigError
+from eden_lib.methods.base import (
+    BuildContext,
+    Method,
+    MethodConfigError,
+    adamw_no_norm_decay,
+    check_2d_batch,
+    config_failure,
+)
 from eden_lib.models.dino_head import DINOHead, DinoNetwork
-from eden_lib.models.ema import cosine_momentum, momentum_copy, momentum_update
+from eden_lib.models.ema import CosineEMATeacher, momentum_copy
 from eden_lib.transforms.views import ViewConfig, make_view
 
 
@@ -76,14 +82,9 @@ class DinoConfig:
 
     def validate(self, name: str) -> None:
         def fail(key: str, expected: str) -> MethodConfigError:
-            value = getattr(self, key)
-            shown = list(value) if isinstance(value, tuple) else value
-            return MethodConfigError(f"methods.{name}.{key} = {shown!r}; expected {expected}")
+            return config_failure(name, self, key, expected)
 
-        if not self.dims or set(self.dims) != {2}:
-            raise fail("dims", "[2] (DINO is implemented for 2D only)")
-        if self.batch_size < 2:
-            raise fail("batch_size", ">= 2 (batch norm needs two samples)")
+        check_2d_batch(name, self, "DINO")
         for key in ("out_dim", "hidden_dim", "bottleneck_dim", "base_lr", "student_temp", "teacher_temp",
                     "warmup_teacher_temp"):
             if getattr(self, key) <= 0:
@@ -100,7 +101,7 @@ class DinoConfig:
                 raise fail(key, "[low, high] with 0 < low <= high <= 1")
 
 
-class Dino(Method):
+class Dino(CosineEMATeacher, Method):
     """DINO on radiographs: multi-crop student, EMA teacher on the global crops, exported student encoder."""
 
     name = "dino"
@@ -160,21 +161,9 @@ class Dino(Method):
         return {"loss": loss}
 
     @torch.no_grad()
-    def after_step(self) -> None:
-        """EMA update of the teacher with the cosine momentum of this step, then count the step."""
-        assert self.total_steps is not None
-        m = cosine_momentum(self.cfg.momentum, int(self.steps_done), self.total_steps)
-        momentum_update(self.teacher, self.student, m)
-        self.steps_done += 1
-
     def exports(self) -> dict[str, nn.Module]:
         return {"encoder": self.student.encoder}
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        groups: list[dict[str, Any]] = [
-            {"params": [p for p in params if p.ndim > 1]},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},  # biases (and norms) not decayed
-        ]
-        lr = self.cfg.base_lr * self.cfg.batch_size / 256
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=self.cfg.weight_decay)
+        return adamw_no_norm_decay(list(self.student.parameters()), self.cfg.base_lr * self.cfg.batch_size / 256,
+                                   self.cfg.weight_decay)

@@ -36,3 +36,21 @@ def cosine_momentum(base: float, step: int, total: int) -> float:
     if total <= 1:
         return base
     return 1 - (1 - base) * (math.cos(math.pi * min(step, total) / total) + 1) / 2
+
+
+class CosineEMATeacher:
+    """Mixin of a student/teacher method (DINO, Adam-v2): after every optimiser step, ``teacher`` follows ``student``
+    by EMA with :func:`cosine_momentum` from ``cfg.momentum``; the step counter is the ``steps_done`` buffer and the
+    run's length ``total_steps``, both set by the method, so a resumed run continues the schedule."""
+
+    teacher: nn.Module
+    student: nn.Module
+    steps_done: torch.Tensor
+    total_steps: int | None
+
+    def after_step(self) -> None:
+        """EMA update of the teacher with the cosine momentum of this step, then count the step."""
+        assert self.total_steps is not None
+        m = cosine_momentum(self.cfg.momentum, int(self.steps_done), self.total_steps)  # type: ignore[attr-defined]
+        momentum_update(self.teacher, self.student, m)
+        self.steps_done += 1

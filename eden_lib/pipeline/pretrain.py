@@ -4,7 +4,8 @@ Every method gets the same budget in encoder passes (``pretrain.image_passes_2d`
 over ``pretrain.epochs`` epochs with a checkpoint after each; a rerun after a kill resumes from the last one.
 Writes the exported weights to ``data/models/<method>/`` (``encoder.pt`` and ``unet.pt`` for 2D, ``unet3d.pt`` for
 3D; Ark also ``teacher.pt``), ``reports/metrics/pretrain/<method>.json`` and ``reports/plots/pretrain/<method>.csv``.
-Ark (data ``cxr_sites``) trains on ``data/prepared/sites`` in site turns (:func:`site_schedule`).
+Ark (data ``cxr_sites``) trains on ``data/prepared/sites`` in site turns (:func:`site_schedule`). A
+``pretrain.init.<method>`` entry starts the method from a checkpoint file (continual pretraining, :func:`load_init`).
 
 Also a command line, for ``torchrun`` and for runs outside DVC::
 
@@ -20,12 +21,16 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from eden_lib import paths
 from eden_lib.config import load_params
+
+if TYPE_CHECKING:
+    from eden_lib.methods import Method
 
 
 def checkpoint_dir(method: str, dims: int) -> Path:
@@ -47,15 +52,41 @@ def build_context(cfg: dict, dims: int, n_labels: int, site_label_counts: tuple[
     )
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (a ResNet-50 checkpoint is ~100 MB)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def init_entry(cfg: dict, method: str, dims: int) -> dict | None:
+    """The ``pretrain.init.<method>`` entry that applies in ``dims`` D (its ``dims``; without, any), else ``None``."""
+    entry = cfg["pretrain"].get("init", {}).get(method)
+    return entry if entry is not None and dims in entry.get("dims", (2, 3)) else None
+
+
+def init_file(cfg: dict, method: str, dims: int) -> Path | None:
+    """The file continual pretraining of ``method`` starts from in ``dims`` D (``pretrain.init``), else ``None``."""
+    from eden_lib.methods.external import weight_file
+
+    entry = init_entry(cfg, method, dims)
+    return None if entry is None else weight_file(entry["path"], f"pretrain.init.{method}.path")
+
+
 def fingerprint(cfg: dict, method: str, dims: int) -> str:
     """Identifies everything that shapes a pretraining run: its parameters and the bytes of the prepared data it
     trains on, the visual words of self-discovery included (so a regenerated data set never resumes a checkpoint of
-    the old one). A checkpoint is resumed only under the same fingerprint."""
+    the old one), and the bytes of the weight files it starts from (``pretrain.init.<method>``; ``external``'s
+    ``methods.external.path_<dims>d``), so a changed file restarts pretraining. Other methods' ``pretrain.init``
+    entries are left out. A checkpoint is resumed only under the same fingerprint."""
     from eden_lib.data.prepared import digest
-    from eden_lib.methods import method_class
+    from eden_lib.methods import method_class, validate_method_config
     from eden_lib.pipeline.self_discovery import KIND
 
     keys = {k: cfg[k] for k in ("seed", "data", "pretrain")}
+    keys["pretrain"] = {k: v for k, v in cfg["pretrain"].items() if k != "init"}
     keys["method"] = cfg["methods"][method]
     keys["dims"] = dims
     keys["data_digest"] = digest("cxr" if dims == 2 else "ct")
@@ -63,7 +94,62 @@ def fingerprint(cfg: dict, method: str, dims: int) -> str:
         keys["sites_digest"] = digest("sites")
     if KIND in method_class(method).data.values():
         keys["words_digest"] = digest(KIND, paths.data_dir() / KIND / f"{dims}d")
+    init = init_file(cfg, method, dims)
+    if init is not None:
+        keys["init"] = {**init_entry(cfg, method, dims), "digest": file_digest(init)}
+    method_cfg = validate_method_config(method, cfg["methods"][method])
+    if hasattr(method_cfg, "weight_file"):  # external: the file it exports
+        keys["weights_digest"] = file_digest(method_cfg.weight_file(method, dims))
     return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()
+
+
+def load_init(method: Method, path: Path, source: str, dims: int) -> dict:
+    """Continual pretraining: load ``path`` into ``method``'s exported network before training starts.
+
+    The file goes into ``method.exports()["encoder"]`` (2D) or ``["unet3d"]`` (3D) strictly
+    (:func:`~eden_lib.checkpoints.load_pretrained`). Momentum and EMA copies (MoCo's key encoder, the teachers of
+    DINO, Adam-v2 and Ark) are deep copies made when the method is built, so before the load they equal the exported
+    network exactly; every module of the same type whose state equals the exported network's at that moment gets the
+    loaded weights too. For Adam-v2 and Ark, which export the teacher, the student is that copy. At step 0 the online
+    network and its copies are then the file's weights, as if the method had been built from it.
+
+    Args:
+        method: a built :class:`~eden_lib.methods.base.Method`.
+        path: the checkpoint; ``source``: its layout (``auto``: detected).
+        dims: 2 or 3.
+
+    Returns:
+        :func:`load_pretrained`'s report plus ``"synchronised"``: the names of the copies that took the weights.
+
+    Raises:
+        CheckpointError: the file does not fit the network (keys named), or the method exports no such network.
+    """
+    import torch
+
+    from eden_lib.checkpoints import CheckpointError, load_pretrained
+    from eden_lib.methods.external import EXPORT
+
+    exports = method.exports()
+    export = EXPORT[dims]
+    if export not in exports:
+        raise CheckpointError(f"pretrain.init.{method.name}: {method.name} exports {sorted(exports)} in {dims}D, no "
+                              f"{export!r} to load {path} into")
+    target = exports[export]
+    before = target.state_dict()
+
+    def same(module: torch.nn.Module) -> bool:
+        state = module.state_dict()
+        return state.keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in state.items())
+
+    copies = [(n, m) for n, m in method.named_modules() if m is not target and type(m) is type(target) and same(m)]
+    try:
+        info = load_pretrained(path, target, source)
+    except CheckpointError as exc:
+        raise CheckpointError(f"pretrain.init.{method.name}.path: {exc}") from exc
+    loaded = target.state_dict()
+    for _, module in copies:
+        module.load_state_dict(loaded, strict=True)
+    return {**info, "synchronised": [n for n, _ in copies]}
 
 
 def site_schedule(steps: int, split: str = "train") -> list[int]:
@@ -136,7 +222,10 @@ def monitor_batches(cfg: dict, method, dims: int) -> list[dict]:
 
 
 def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None = None) -> dict:
-    """Pretrain (or, for untrained methods, initialise) ``name`` in ``dims`` D and export its weights."""
+    """Pretrain (or, for untrained methods, initialise) ``name`` in ``dims`` D and export its weights.
+
+    With a ``pretrain.init.<name>`` entry for ``dims`` the run starts from that file (:func:`load_init`).
+    """
     from eden_lib.checkpoints import save_weights
     from eden_lib.data.prepared import load_sites
     from eden_lib.engine import TrainConfig, distributed_context, fit
@@ -149,6 +238,11 @@ def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None
     site_label_counts = tuple(len(labels) for labels in load_sites().site_labels) if sites else ()
     seed_everything(cfg["seed"])
     method = build_method(name, cfg["methods"][name], build_context(cfg, dims, n_labels, site_label_counts))
+    init = init_file(cfg, name, dims)
+    init_info = None
+    if init is not None:  # continual pretraining; a resumed run then restores its checkpoint over these weights
+        loaded = load_init(method, init, init_entry(cfg, name, dims).get("source", "auto"), dims)
+        init_info = {"path": str(init), **{k: loaded[k] for k in ("source", "keys", "synchronised")}}
     history: list[dict] = []
     t0 = time.perf_counter()
     p = cfg["pretrain"]
@@ -196,6 +290,7 @@ def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None
         "history": history,
         "passes": budget if method.trains else 0,
         "seconds": time.perf_counter() - t0,
+        "init": init_info,
     }
 
 
@@ -240,6 +335,7 @@ def run_pretrain(cfg: dict, name: str, stop_after_epochs: int | None = None) -> 
                 "first_monitor_loss": r["history"][0].get("monitor_loss") if r["history"] else None,
                 "final_monitor_loss": r["history"][-1].get("monitor_loss") if r["history"] else None,
                 "terms": loss_terms(r["history"]),
+                "init": r["init"],  # continual pretraining: the file, its layout, the copies synchronised
             }
             for r in results
         },

@@ -14,7 +14,7 @@ from eden_lib.analysis.bias import mean_abs_gap
 from eden_lib.evaluation.statistics import best_method, compare_methods
 from eden_lib.reporting.io import read_json
 from eden_lib.reporting.tables import GENESIS_METHODS, GENESIS_TASKS, few_shot_table, format_comparison_table, \
-    genesis_table, markdown_table
+    genesis_table, markdown_table, mean_std_cell
 
 CAVEATS = """\
 > **Read this first.** This is a sanity study on procedurally generated anatomy at small compute (narrow networks,
@@ -253,7 +253,92 @@ def few_shot_section(cfg: dict) -> list[str]:
             markdown_table(few_shot_table(runs, methods)), "", *note]
 
 
+def site_table(runs: pd.DataFrame, methods: list[str], reference: str) -> pd.DataFrame:
+    """Rows: methods; columns: each site's task (``site_<name>``); cells: mean ± std over seeds with the
+    Holm-corrected paired test against ``reference`` within the column (``runs``: one budget and protocol)."""
+    table = pd.DataFrame({"method": methods})
+    for task, g in runs.groupby("task", sort=False):
+        g = g[g["method"].isin(methods)]
+        if reference not in set(g["method"]):
+            continue
+        cmp = compare_methods(g, reference=reference).set_index("method")
+        table[task.removeprefix("site_")] = [
+            mean_std_cell(cmp.loc[m, "mean"], cmp.loc[m, "std"])
+            + ("" if m == reference or cmp.loc[m, "stars"] in ("", "n.s.") else " " + cmp.loc[m, "stars"])
+            if m in cmp.index else "–" for m in methods]
+    return table
+
+
+def site_section(cfg: dict, runs: pd.DataFrame) -> list[str]:
+    """The Ark setting: every site's own classification task, each method's frozen features (linear probe)."""
+    runs = runs[runs["task"].str.startswith("site_")]
+    if runs.empty:
+        return []
+    reference = "ark" if "ark" in set(runs["method"]) else cfg["report"]["reference"]
+    methods = [m for m in cfg["active_methods"] if m in set(runs["method"])]
+    sites = read_json(paths.metrics_file("transfer", methods[0])).get("sites", [])
+    lines = [f"- `{s['name']}`: {s['dataset']} layout, labels {', '.join(s['labels'])}" for s in sites]
+    out = ["## Every site's task (the Ark setting)", "",
+           "Each site's images were written in the on-disk format of a different real dataset, with its own label "
+           "set, names and conventions, and read back by that dataset's loader; each site's task is a linear probe on "
+           "the method's frozen features, trained on the site's training rows and scored (mean AUC over the site's "
+           f"labels) on its test rows. Stars: paired t-test of each method against `{reference}` over the seeds, "
+           "Holm-corrected within the column. `supervised` saw every site's images with the consolidated clean "
+           "labels (a ceiling Ark's setting does not have); `ark` saw each site's own labels only.", "", *lines, ""]
+    for (protocol, budget), g in runs.groupby(["protocol", "budget"], sort=True):
+        out += [f"### {protocol} · label fraction {budget}", "", markdown_table(site_table(g, methods, reference)),
+                ""]
+    return out
+
+
+def froc_section(cfg: dict) -> list[str]:
+    """CAD-PE style detection: sensitivity at 1, 2, 4 FP/scan per 3D initialisation against scratch, the curves."""
+    path = paths.metrics_file("froc", "pe_detection")
+    if not path.is_file():
+        return []
+    m = read_json(path)
+    keys = [k for k in next(iter(m["summary"].values())) if k != "froc_score"] + ["froc_score"]
+    rows = []
+    for method, per in m["summary"].items():
+        row = {"method": method}
+        for key in keys:
+            v = per[key]
+            stars = "" if method == "scratch" or v["stars"] in (None, "", "n.s.") else " " + v["stars"]
+            label = "mean" if key == "froc_score" else f"at {key.removeprefix('fp_').replace('p', '.')} FP/scan"
+            row[label] = (
+                mean_std_cell(v["mean"], v["std"] if v["std"] is not None else float("nan")) + stars)
+        rows.append(row)
+    best = max(m["summary"], key=lambda k: m["summary"][k]["froc_score"]["mean"])
+    sentences = []
+    for method, per in m["summary"].items():
+        v = per["froc_score"]
+        if method == "scratch":
+            continue
+        p_adj = v["p_adjusted"]
+        verdict = ("not significantly different from" if p_adj is None or p_adj >= 0.05 else
+                   "better than" if v["diff"] > 0 else "worse than")
+        sentences.append(f"- `{method}` was {verdict} `scratch` ({v['diff']:+.3f} mean sensitivity"
+                         + (f", corrected p = {p_adj:.3g})." if p_adj is not None else ", no test)."))
+    skipped = ", ".join(sorted(m.get("skipped", {})))
+    return [
+        "## Pulmonary embolism detection (CAD-PE FROC)", "",
+        f"A UNet3D detector per 3D initialisation, fine-tuned on {m['n_train_scans']} CTPA training scans "
+        f"({'SynthCTPA written and read back in the CAD-PE layout' if m['source'] == 'synthetic' else 'CAD-PE'}), "
+        f"run on {m['n_test_scans']} test scans with {m['n_test_emboli']} emboli; connected components of the "
+        "probability map become markers scored by their maximum probability; per-embolus sensitivity with the "
+        "challenge's hit rule (a marker counts only inside an embolus, repeat hits are ignored, others are false "
+        f"positives{', tolerance ' + str(m['tolerance_mm']) + ' mm' if m['tolerance_mm'] else ''}). Cells: mean ± "
+        f"std over seeds {cfg['transfer']['seeds']}; stars: paired t-test against `scratch`, Holm-corrected within "
+        f"the column. Best mean: `{best}`." + (f" Not run (no 3D network): {skipped}." if skipped else ""), "",
+        markdown_table(pd.DataFrame(rows)), "", *sentences, "", "![froc](figures/froc/froc_curves.png)", "",
+    ]
+
+
 def bias_section(cfg: dict) -> list[str]:
+    """The gender-bias study: per-sex AUCs and male - female gaps per training set, Ark's matched-minus-opposite
+    significance per method and test sex with one sentence per method, and the box plots."""
+    from eden_lib.analysis.bias import bias_sentence, significance_table
+
     m = read_json(paths.metrics_file("bias", "gender"))
     rows = [{"method": method, "training set": ts, **m["summary"][method][ts]}
             for method in cfg["active_methods"] if method in m["summary"] for ts in ("male", "female", "balanced")]
@@ -263,12 +348,28 @@ def bias_section(cfg: dict) -> list[str]:
     df["gap [95% CI]"] = [f"{g:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                           for g, lo, hi in zip(df["gap"], df["gap_ci_low"], df["gap_ci_high"])]
     df = df[["method", "training set", "auc_male", "auc_female", "gap [95% CI]"]]
+    mmo = m["matched_minus_opposite"]
+    methods = [method for method in cfg["active_methods"] if method in mmo]
     return [
         "## Gender bias", "",
         f"SynthCXR sex effect: {m['sex_effect']}. Mean over findings and seeds; gap = AUC(male) - AUC(female) with a "
         f"bootstrap 95 % CI (averaged over seeds). The CI covers 0 in {covers:.0%} of the rows."
         + (f" Left out (3D-only, no radiograph features): {', '.join(left_out)}." if left_out else ""), "",
-        markdown_table(df), "", "![bias](figures/bias/gender.png)", "",
+        markdown_table(df), "",
+        "### Matched minus opposite (Ark's definition of bias)", "",
+        (f"On the test patients of one sex: AUC of the probe trained on that sex minus AUC of the probe trained on "
+         f"the other sex, on the same patients (positive = bias). {m['n_seeds']} seeds; diff: mean over seeds; CI and "
+         "two-sided bootstrap p from the seeds' test-patient bootstrap replicates pooled, which adds the seeds' spread "
+         "of training subsamples (a bootstrap over test patients alone does not see how the probes vary with the "
+         f"training sample, so one seed's p-values run small). `significant`: findings with Holm-corrected p < {m['alpha']:g}, Holm over findings x test sexes "
+         "within each method; the mean over findings is not in the family. The smallest attainable p is "
+         f"{2 / (1 + m['n_seeds'] * m['n_bootstrap']):.2g} (2 / (1 + pooled replicates)); Holm multiplies the "
+         "smallest by the number of tests."), "",
+        markdown_table(significance_table(mmo, methods)), "",
+        *[bias_sentence(method, mmo[method]) for method in methods], "",
+        "![bias](figures/bias/gender.png)", "",
+        ("Box plots: per-finding AUC on female (top) and male (bottom) test patients of the female-trained, "
+         "male-trained and balanced probes; each box is the distribution over seeds x findings."), "",
     ]
 
 
@@ -323,6 +424,8 @@ def build_report(cfg: dict) -> str:
     lines += transfer_section(cfg, comparisons)
     lines += ["![transfer](figures/report/transfer.png)", ""]
     lines += few_shot_section(cfg)
+    lines += site_section(cfg, runs)
+    lines += froc_section(cfg)
     lines += embedding_section(cfg)
     lines += bias_section(cfg)
     lines += fidelity_section()

@@ -178,6 +178,26 @@ def cxr_classification(
                                build)
 
 
+def site_classification(cfg: dict, method: str, sites: prepared.PreparedSites) -> list[dict]:
+    """Every site's own classification task (the Ark setting, adam_ark.md §3): the method's frozen encoder on the
+    site's images as its loader read them, each site with its own label set, train and test rows of that site only.
+    Records carry ``task = "site_<name>"`` and the protocols of ``tasks.cxr_site_classification``."""
+    encoder = _load_encoder_2d(cfg, method)
+    x = resize_2d(sites.images, cfg["data"]["image_size"])
+    feats = predict(encoder, encoder, x, device=cfg["pretrain"]["device"])
+
+    def build() -> nn.Module:
+        raise ValueError("tasks.cxr_site_classification.protocols: only linear_probe is implemented for the sites")
+
+    records = []
+    for name, labels in zip(sites.site_names, sites.site_labels):
+        split = (sites.indices(name, "train"), sites.indices(name, "test"))
+        y = np.asarray(sites.labels[:, : len(labels)])
+        for r in classification_runs(cfg, "cxr_site_classification", labels, feats, x, y, split, build):
+            records.append({**r, "task": f"site_{name}"})
+    return records
+
+
 def _seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     from monai.losses import DiceLoss
 
@@ -364,12 +384,17 @@ def run_transfer(cfg: dict, method: str) -> pd.DataFrame:
 
     feats = timed("features", extract_features, cfg, method, x, cxr, ct)
     records: list[dict] = []
+    extra: dict = {}
     if "cxr" in feats:
         records += timed("cxr_classification", cxr_classification, cfg, method, x, cxr, feats)
         records += timed("cxr_segmentation", cxr_segmentation, cfg, method, x, cxr)
+        if "cxr_site_classification" in cfg["tasks"] and (paths.prepared_dir("sites") / "info.json").is_file():
+            sites = prepared.load_sites()
+            records += timed("cxr_site_classification", site_classification, cfg, method, sites)
+            extra["sites"] = sites.info["sites"]
     if "ct" in feats:
         records += timed("ct_nodule_classification", ct_nodule_classification, cfg, method, ct, feats)
         records += timed("ct_nodule_segmentation", ct_nodule_segmentation, cfg, method, ct)
     write_json({"method": method, "profile": cfg["profile"], "summary": summarize(records), "seconds": seconds,
-                "skipped": skipped_tasks(method, ct), "runs": records}, paths.metrics_file("transfer", method))
+                "skipped": skipped_tasks(method, ct), **extra, "runs": records}, paths.metrics_file("transfer", method))
     return pd.DataFrame(records).drop(columns=["per_class"])
