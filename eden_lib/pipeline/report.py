@@ -287,8 +287,24 @@ def site_section(cfg: dict, runs: pd.DataFrame) -> list[str]:
            "labels (a ceiling Ark's setting does not have); `ark` saw each site's own labels only.", "", *lines, ""]
     for (protocol, budget), g in runs.groupby(["protocol", "budget"], sort=True):
         out += [f"### {protocol} · label fraction {budget}", "", markdown_table(site_table(g, methods, reference)),
-                ""]
+                "", *site_sentences(g, reference), ""]
     return out
+
+
+def site_sentences(runs: pd.DataFrame, reference: str) -> list[str]:
+    """One generated line per site: the best mean, and where ``reference`` stands against the floor and ceiling."""
+    lines = []
+    for task, g in runs.groupby("task", sort=True):
+        means = g.groupby("method")["value"].mean()
+        parts = [f"best `{means.idxmax()}` {means.max():.3f}"]
+        for other in ("scratch", "supervised"):
+            if other in means.index and reference in means.index and other != reference:
+                parts.append(f"`{reference}` {means[reference] - means[other]:+.3f} vs `{other}`")
+        lines.append(f"- {task.removeprefix('site_')}: " + "; ".join(parts) + ".")
+    spread = runs.groupby("method")["value"].mean()
+    ranked = ", ".join(f"`{k}` {v:.3f}" for k, v in spread.sort_values(ascending=False).items())
+    lines.append(f"- Mean over sites and seeds: {ranked}.")
+    return lines
 
 
 def froc_section(cfg: dict) -> list[str]:
@@ -298,8 +314,10 @@ def froc_section(cfg: dict) -> list[str]:
         return []
     m = read_json(path)
     keys = [k for k in next(iter(m["summary"].values())) if k != "froc_score"] + ["froc_score"]
+    order = ["scratch", *[x for x in cfg["active_methods"] if x != "scratch" and x in m["summary"]]]
     rows = []
-    for method, per in m["summary"].items():
+    for method in order:
+        per = m["summary"][method]
         row = {"method": method}
         for key in keys:
             v = per[key]
@@ -310,8 +328,8 @@ def froc_section(cfg: dict) -> list[str]:
         rows.append(row)
     best = max(m["summary"], key=lambda k: m["summary"][k]["froc_score"]["mean"])
     sentences = []
-    for method, per in m["summary"].items():
-        v = per["froc_score"]
+    for method in order:
+        v = m["summary"][method]["froc_score"]
         if method == "scratch":
             continue
         p_adj = v["p_adjusted"]
