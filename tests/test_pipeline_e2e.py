@@ -60,7 +60,7 @@ def smoke_repo(tmp_path_factory) -> Path:
     _set_param(root, "profile: synthetic ", "profile: smoke ")
     for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "scratch copy"]):
         _run(args, root, check=True)
-    result = _run([str(BIN / "dvc"), "repro"], root, timeout=1500)
+    result = _run([str(BIN / "dvc"), "repro"], root, timeout=2700)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return root
 
