@@ -23,8 +23,8 @@ import yaml
 from eden_lib import paths
 
 #: Profiles DVC may resolve ``profiles.${profile}.<section>`` against: each must declare every section below.
-SECTIONS = ("data", "self_discovery", "pretrain", "methods", "transfer", "tasks", "embedding", "bias", "froc",
-            "report")
+SECTIONS = ("data", "anatomy", "self_discovery", "pretrain", "methods", "transfer", "tasks", "embedding", "bias", "froc",
+            "claims", "report")
 TOP_LEVEL = ("profile", "seed", "active_methods", *SECTIONS, "profiles")
 
 
@@ -108,6 +108,11 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "froc.lr": (lambda v: _number(v) and v > 0, "a positive learning rate"),
     "froc.overlap": (lambda v: _number(v) and 0 <= v < 1, "a fraction in [0, 1)"),
     "froc.threshold": (lambda v: _number(v) and 0 < v < 1, "a probability in (0, 1)"),
+    "claims.ark_sites.site_counts": (lambda v: _int_list(v) and len(v) >= 2 and v == sorted(set(v)) and v[0] >= 1,
+                                     "at least two increasing site counts >= 1 (at most the number of data.sites)"),
+    "claims.interpolation.n_pairs": (lambda v: _positive_int(v) and v >= 2, "an integer >= 2"),
+    "claims.interpolation.t": (lambda v: isinstance(v, list) and len(v) > 0 and all(_number(x) and 0 < x < 1 for x in v),
+                               "a list of fractions in (0, 1)"),
     "froc.fp_rates": (lambda v: isinstance(v, list) and len(v) > 0 and all(_number(x) and x > 0 for x in v),
                       "a non-empty list of positive FP/scan rates"),
     "froc.tolerance_mm": (lambda v: _number(v) and v >= 0, "a distance >= 0 mm (0: the challenge's hit rule)"),
@@ -339,6 +344,12 @@ def load_params(
     from eden_lib.data.synth_sites import check_sites
 
     check_sites(cfg)
+    from eden_lib.pipeline.anatomy import check_anatomy
+
+    try:
+        check_anatomy(cfg["anatomy"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if validate_methods:
         from eden_lib.methods import validate_method_config
 

@@ -17,11 +17,14 @@ DVC = str(Path(sys.executable).parent / "dvc")
 STAGE_NOTEBOOK = {
     "prepare": "00_prepare",
     "self_discovery": "05_self_discovery",
+    "anatomy": "06_anatomy",
     "pretrain": "10_pretrain",
     "transfer": "20_transfer",
     "embedding": "30_embedding",
     "bias": "40_gender_bias",
     "froc": "60_froc",
+    "ark_sites": "70_ark_sites",
+    "interpolation": "71_interpolation",
     "report": "90_report",
 }
 
@@ -35,8 +38,9 @@ def test_dvc_lists_exactly_the_stages_the_config_resolves():
                          env={**os.environ, "DVC_NO_ANALYTICS": "1"}, check=True).stdout.split()
     for profile in ("synthetic", "smoke", "extended", "paper"):
         methods = load_params(profile=profile, validate_methods=False)["active_methods"]
-        expected = ["prepare", "self_discovery", *(f"pretrain@{m}" for m in methods), *(f"transfer@{m}" for m in methods),
-                    "embedding", "bias", "froc", "report"]
+        expected = ["prepare", "anatomy", "self_discovery", *(f"pretrain@{m}" for m in methods),
+                    *(f"transfer@{m}" for m in methods), "embedding", "bias", "froc", "ark_sites", "interpolation",
+                    "report"]
         assert sorted(out) == sorted(expected), profile
 
 

@@ -133,6 +133,54 @@ NOTEBOOKS: dict[str, tuple[str, str, list[str]]] = {
             "timer.write()",
         ],
     ),
+    "06_anatomy": (
+        "# Anatomy: view mining for Alice\n\nA dense anatomical embedding (fine and coarse, SAM-like) is trained on the "
+        "training scans by matching corresponding voxels of two crops of one scan; it then matches points across scans, "
+        "so two crops of two patients centred on the same anatomy form one view pair. Oracle pairs (the synthetic "
+        "landmarks' affine map) and random pairs are the ablation's controls; every mode is scored by how far its key "
+        "point lies from the query's true anatomical counterpart. Nothing runs when `alice` is not active. Reads "
+        "params: `seed`, `data`, `anatomy`, `active_methods`.",
+        "profile = None  # None: the profile named in params.yaml",
+        [
+            SETUP.format(timer='"anatomy"'),
+            "from eden_lib.pipeline.anatomy import run_anatomy\n\nsummary = run_anatomy(cfg)\nsummary",
+            "timer.write()",
+        ],
+    ),
+    "70_ark_sites": (
+        "# Ark: do more data sets give better models?\n\nArk pretrained on the first k sites of `data.sites` for each "
+        "k of `claims.ark_sites.site_counts` (the shared pretraining budget), every model scored on every site's own "
+        "task with the transfer stage's linear probe; compared over (site, label) units with the transfer stage's "
+        "`scratch` (floor) and `supervised_site` (one site, no accrual). Reads params: `seed`, `data`, `pretrain`, "
+        "`methods.ark`, `transfer`, `tasks`, `claims.ark_sites`.",
+        "profile = None  # None: the profile named in params.yaml",
+        [
+            SETUP.format(timer='"ark_sites"'),
+            "import pandas as pd\n\nfrom eden_lib.pipeline.ark_sites import run_ark_sites\n\nmetrics = "
+            "run_ark_sites(cfg)\nprint(metrics[\"sentence\"])\npd.DataFrame(metrics[\"per_k\"]).T",
+            "from IPython.display import Image\n\nfrom eden_lib import paths\n\n"
+            "Image(filename=str(paths.figures_dir(\"claims\") / \"ark_sites.png\"))",
+            "timer.write()",
+        ],
+    ),
+    "71_interpolation": (
+        "# Adam-v2: emergent interpolation and extrapolation?\n\nFor landmark pairs A, B of the embedding stage's test "
+        "patients, the patch at C = (1 - t) A + t B should embed near (1 - t) E_A + t E_B and the patch at D = B + t (B - A) "
+        "near E_B + t (E_B - E_A). Scored on centred features as matched minus mismatched cosine (the true patch of "
+        "another pair is the control), for every 2D method and the raw-pixel floor; the claim's method is compared "
+        "with every other, paired over pairs, Holm-corrected. Reads params: `seed`, `data`, `embedding`, "
+        "`claims.interpolation`, `active_methods`.",
+        "profile = None  # None: the profile named in params.yaml",
+        [
+            SETUP.format(timer='"interpolation"'),
+            "import pandas as pd\n\nfrom eden_lib.pipeline.interpolation import run_interpolation\n\nmetrics = "
+            "run_interpolation(cfg)\nprint(metrics[\"sentence\"])\npd.DataFrame({(m, k): v for m, per in "
+            "metrics[\"methods\"].items() for k, v in per.items()}).T",
+            "from IPython.display import Image\n\nfrom eden_lib import paths\n\n"
+            "Image(filename=str(paths.figures_dir(\"claims\") / \"interpolation.png\"))",
+            "timer.write()",
+        ],
+    ),
     "90_report": (
         "# Report\n\nAggregates every metrics file into `reports/REPORT.md`: tables with mean ± std, differences with "
         "CIs, Holm-corrected stars, the replication t-test, figures and stage wall times. Reads params: "

@@ -7,6 +7,7 @@ Layout (dataset_formats.md §8)::
     root/candidates_V2.csv                       seriesuid,coordX,coordY,coordZ,class         (world mm)
     root/seg-lungs-LUNA16/<seriesuid>.mhd + .zraw   lung masks, 3 left lung, 4 right lung
     root/synth/nodule_masks/<seriesuid>.mhd + .zraw nodule instance masks (synthetic set only)
+    root/landmarks.csv                           seriesuid,landmark,coordX,coordY,coordZ    (world mm, synthetic only)
 
 World coordinates are LPS mm; ``ijk = R^-1 (xyz - origin) / spacing`` with ``R`` the ``TransformMatrix`` (a few
 real scans have flipped axes, so every map goes through the direction matrix). Arrays are ``(z, y, x)``.
@@ -25,6 +26,7 @@ from eden_lib.data.subvolumes import HU_WINDOW, hu_to_unit
 
 ANNOTATION_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
 CANDIDATE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "class"]
+LANDMARK_COLUMNS = ["seriesuid", "landmark", "coordX", "coordY", "coordZ"]
 LUNG_MASK_DIR = "seg-lungs-LUNA16"
 NODULE_MASK_DIR = "synth/nodule_masks"
 
@@ -53,7 +55,8 @@ def _write_image(array: np.ndarray, path: Path, origin, spacing, direction, comp
 
 def write_luna16(root: str | Path, scans: Sequence, n_subsets: int = 10) -> "LUNA16Index":
     """Write scans (``SynthCTScan``-like: seriesuid, hu, origin, spacing, direction, lung_mask, nodule_mask,
-    nodules, candidates) in the LUNA16 layout; scan ``i`` goes to ``subset{i % n_subsets}``.
+    nodules, candidates) in the LUNA16 layout; scan ``i`` goes to ``subset{i % n_subsets}``. Scans carrying a
+    ``landmarks`` table (SynthCT) also fill ``landmarks.csv``.
 
     Returns:
         The ``LUNA16Index`` of ``root``.
@@ -61,7 +64,7 @@ def write_luna16(root: str | Path, scans: Sequence, n_subsets: int = 10) -> "LUN
     if n_subsets < 1:
         raise ValueError(f"n_subsets={n_subsets}: expected >= 1")
     root = Path(root)
-    annotations, candidates = [], []
+    annotations, candidates, landmarks = [], [], []
     for i, scan in enumerate(scans):
         uid, geometry = scan.seriesuid, (scan.origin, scan.spacing, scan.direction)
         _write_image(np.asarray(scan.hu, dtype=np.int16), root / f"subset{i % n_subsets}" / f"{uid}.mhd", *geometry,
@@ -71,9 +74,13 @@ def write_luna16(root: str | Path, scans: Sequence, n_subsets: int = 10) -> "LUN
                      compress=True)
         annotations.append(scan.nodules.assign(seriesuid=uid)[ANNOTATION_COLUMNS])
         candidates.append(scan.candidates.assign(seriesuid=uid)[CANDIDATE_COLUMNS])
+        if getattr(scan, "landmarks", None) is not None:
+            landmarks.append(scan.landmarks.assign(seriesuid=uid)[LANDMARK_COLUMNS])
     if annotations:
         pd.concat(annotations).to_csv(root / "annotations.csv", index=False)
         pd.concat(candidates).to_csv(root / "candidates_V2.csv", index=False)
+    if landmarks:
+        pd.concat(landmarks).to_csv(root / "landmarks.csv", index=False)
     return LUNA16Index(root)
 
 
@@ -158,6 +165,10 @@ class LUNA16Index:
     def read_candidates(self) -> pd.DataFrame:
         """``candidates_V2.csv`` (else the deprecated ``candidates.csv``) rows of the indexed scans."""
         return self._csv(["candidates_V2.csv", "candidates.csv"], CANDIDATE_COLUMNS)
+
+    def read_landmarks(self) -> pd.DataFrame:
+        """``landmarks.csv`` rows of the indexed scans (world mm); only the synthetic set has one."""
+        return self._csv(["landmarks.csv"], LANDMARK_COLUMNS)
 
     def scan_path(self, seriesuid: str) -> Path:
         if seriesuid not in self.scans:

@@ -29,6 +29,9 @@ LIDC_UID_PREFIX = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
 LEFT_LUNG, RIGHT_LUNG = 3, 4  # seg-lungs-LUNA16 label values
 MIN_FOV_MM = (250.0, 250.0, 200.0)
 CANDIDATE_KINDS = ("nodule", "bifurcation", "vessel", "lung", "tissue")
+#: Named anatomical landmarks of every scan (``SynthCTScan.landmarks``); ``_r`` / ``_l`` are patient right / left.
+LANDMARKS = ("carina", "bif_pa", "heart_c", "aortic_arch", "dome_r", "dome_l", "apex_r", "apex_l", "gastric_bubble",
+             "main_bronchus_r", "main_bronchus_l", "vertebra_carina")
 
 # HU of each tissue; (non-contrast, CTPA) where contrast changes it.
 HU = {
@@ -113,6 +116,8 @@ class SynthCTScan:
         nodules: ``coordX, coordY, coordZ`` (world mm), ``diameter_mm``.
         candidates: ``coordX, coordY, coordZ``, ``class`` (1 nodule, 0 not), ``kind`` (one of CANDIDATE_KINDS).
         vessels: pulmonary tree segments, ``x0..z1`` (world mm), ``radius_mm``, ``kind`` (artery/vein), ``depth``.
+        landmarks: one row per name of ``LANDMARKS``: ``landmark``, ``coordX, coordY, coordZ`` (world mm), taken
+            from the generator's own anatomy parameters (no extra random draws).
     """
 
     seriesuid: str
@@ -125,6 +130,7 @@ class SynthCTScan:
     nodules: pd.DataFrame
     candidates: pd.DataFrame
     vessels: pd.DataFrame = field(repr=False)
+    landmarks: pd.DataFrame = field(repr=False)
 
 
 class _Frame:
@@ -487,7 +493,14 @@ def synth_ct_scan(cfg: SynthCTConfig, seed: int, index: int) -> SynthCTScan:
     nodules = pd.DataFrame(frame.to_world(nod_p_arr) if len(nod_p_arr) else np.zeros((0, 3)),
                            columns=["coordX", "coordY", "coordZ"])
     nodules["diameter_mm"] = nod_d_arr
-    return SynthCTScan(uid, hu_i16, origin, spacing, direction, lung, nodule_mask, nodules, candidates, vessels)
+    landmark_p = np.array([
+        carina, bif_pa, heart_c, (aorta_pts[1] + aorta_pts[2]) / 2, [-55, y0, z_dome_r], [55, y0, z_dome_l],
+        [-x_l, y0, z_apex], [x_l, y0, z_apex], [55, y0 - 15, z_dome_l - 28], main_r, main_l, [0, y_spine, z_carina],
+    ], dtype=float)
+    landmarks = pd.DataFrame(frame.to_world(landmark_p), columns=["coordX", "coordY", "coordZ"])
+    landmarks.insert(0, "landmark", list(LANDMARKS))
+    return SynthCTScan(uid, hu_i16, origin, spacing, direction, lung, nodule_mask, nodules, candidates, vessels,
+                       landmarks)
 
 
 def _vessel_frame(frame: _Frame, tree: dict[str, np.ndarray]) -> pd.DataFrame:

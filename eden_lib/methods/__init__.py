@@ -7,6 +7,7 @@ from typing import Any
 
 from eden_lib.methods.adam_v1 import AdamV1
 from eden_lib.methods.adam_v2 import AdamV2
+from eden_lib.methods.alice import Alice
 from eden_lib.methods.ark import Ark
 from eden_lib.methods.barlow_twins import BarlowTwins
 from eden_lib.methods.base import BuildContext, Method, MethodConfigError, parse_config
@@ -20,6 +21,7 @@ from eden_lib.methods.scratch import Scratch
 from eden_lib.methods.semantic_genesis import SemanticGenesis
 from eden_lib.methods.simsiam import SimSiam
 from eden_lib.methods.supervised import Supervised
+from eden_lib.methods.supervised_site import SupervisedSite
 from eden_lib.methods.transvw import TransVW
 
 METHODS: dict[str, type[Method]] = {
@@ -37,6 +39,8 @@ METHODS: dict[str, type[Method]] = {
     "adam_v1": AdamV1,
     "adam_v2": AdamV2,
     "ark": Ark,
+    "supervised_site": SupervisedSite,
+    "alice": Alice,
     "external": External,
 }
 

@@ -69,16 +69,15 @@ from eden_lib.transforms.views import crop_boxes
 
 
 @dataclass(frozen=True)
-class ArkConfig:
-    """``methods.ark``: the MICCAI 2023 Swin-B recipe (fact sheet 3.2-3.5).
+class ArkViewConfig:
+    """The supervised half of ``methods.ark``, shared with ``supervised_site``: optimiser, projector, views
+    (fact sheet 3.2-3.5, MICCAI 2023 Swin-B recipe).
 
     Attributes:
         batch_size: images per step, all from one site (release 200).
         lr, momentum, nesterov, weight_decay: SGD (release 0.3, 0.9, Nesterov, 0).
         projector_dim: units of the projector, the consistency space and the embedding (release 1376).
         projector_mlp: Linear-ReLU-Linear (the released ``_mlp`` weights) instead of one Linear.
-        ema_momentum: base momentum of the teacher, cosine to 1 over the turns (release 0.9).
-        consistency_weight: lambda at the end of its cosine ramp from 0 (release 0.5).
         scale: crop side as a fraction of the render side (release: area 0.08-1.0, side 0.28-1.0).
         geometric_p: probability of the shift / zoom / rotation (release 0.5).
         rotate: degrees, uniform in +-rotate (release 10).
@@ -97,8 +96,6 @@ class ArkConfig:
     weight_decay: float = 0.0
     projector_dim: int = 1376
     projector_mlp: bool = True
-    ema_momentum: float = 0.9
-    consistency_weight: float = 0.5
     scale: tuple[float, ...] = (0.28, 1.0)
     geometric_p: float = 0.5
     rotate: float = 10.0
@@ -113,14 +110,14 @@ class ArkConfig:
         def fail(key: str, expected: str) -> MethodConfigError:
             return config_failure(name, self, key, expected)
 
-        check_2d_batch(name, self, "Ark")
+        check_2d_batch(name, self, name)
         for key in ("lr", "projector_dim"):
             if getattr(self, key) <= 0:
                 raise fail(key, "> 0")
         for key in ("weight_decay", "rotate", "shift", "brightness", "contrast"):
             if getattr(self, key) < 0:
                 raise fail(key, ">= 0")
-        for key in ("momentum", "ema_momentum", "consistency_weight", "geometric_p", "intensity_p"):
+        for key in ("momentum", "geometric_p", "intensity_p"):
             if not 0 <= getattr(self, key) <= 1:
                 raise fail(key, "a value in [0, 1]")
         if not 0 <= self.zoom < 1:
@@ -129,6 +126,29 @@ class ArkConfig:
             raise fail("scale", "[low, high] with 0 < low <= high <= 1")
         if len(self.gamma) != 2 or not 0 < self.gamma[0] <= self.gamma[1]:
             raise fail("gamma", "[low, high] with 0 < low <= high")
+
+
+@dataclass(frozen=True)
+class ArkConfig(ArkViewConfig):
+    """``methods.ark``: :class:`ArkViewConfig` and the knowledge accrual.
+
+    Attributes:
+        ema_momentum: base momentum of the teacher, cosine to 1 over the turns (release 0.9).
+        consistency_weight: lambda at the end of its cosine ramp from 0 (release 0.5).
+        sites: names of the prepared sites to train on, in training order (``data.sites`` keys); empty: all of them.
+    """
+
+    ema_momentum: float = 0.9
+    consistency_weight: float = 0.5
+    sites: tuple[str, ...] = ()
+
+    def validate(self, name: str) -> None:
+        super().validate(name)
+        for key in ("ema_momentum", "consistency_weight"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise config_failure(name, self, key, "a value in [0, 1]")
+        if len(set(self.sites)) != len(self.sites):
+            raise config_failure(name, self, "sites", "distinct site names")
 
 
 def consistency_ramp(turn: int, turns: int, weight: float) -> float:

@@ -92,6 +92,8 @@ def fingerprint(cfg: dict, method: str, dims: int) -> str:
     keys["data_digest"] = digest("cxr" if dims == 2 else "ct")
     if "cxr_sites" in method_class(method).data.values():
         keys["sites_digest"] = digest("sites")
+    if "ct_view_pairs" in method_class(method).data.values():
+        keys["anatomy_digest"] = digest("anatomy", paths.data_dir() / "anatomy")
     if KIND in method_class(method).data.values():
         keys["words_digest"] = digest(KIND, paths.data_dir() / KIND / f"{dims}d")
     init = init_file(cfg, method, dims)
@@ -152,16 +154,48 @@ def load_init(method: Method, path: Path, source: str, dims: int) -> dict:
     return {**info, "synchronised": [n for n, _ in copies]}
 
 
-def site_schedule(steps: int, split: str = "train") -> list[int]:
-    """Steps of each site's turn (``cxr_sites``): an epoch's ``steps`` split over the sites of the prepared sites data
-    in proportion to their ``split`` rows (:func:`~eden_lib.data.batches.site_steps`), each a multiple of the DDP
-    world size."""
+def trained_sites(name: str, method_cfg) -> list[str]:
+    """The prepared sites a ``cxr_sites`` method trains on, in training order: its config's ``sites`` (``ark``:
+    a list, empty for all; ``supervised_site``: its one ``site``), else every site of ``data/prepared/sites``."""
+    from eden_lib.data import prepared
+    from eden_lib.methods import MethodConfigError
+
+    available = prepared.load_sites().site_names
+    chosen = list(getattr(method_cfg, "sites", ()) or available)
+    unknown = [s for s in chosen if s not in available]
+    if unknown:
+        key = "site" if hasattr(method_cfg, "site") else "sites"
+        raise MethodConfigError(f"methods.{name}.{key}: unknown sites {unknown}; the prepared sites are {available} "
+                                "(data.sites)")
+    return chosen
+
+
+def site_schedule(steps: int, names: list[str], split: str = "train") -> list[int]:
+    """Steps of each site's turn (``cxr_sites``): an epoch's ``steps`` split over the sites ``names`` of the prepared
+    sites data in proportion to their ``split`` rows (:func:`~eden_lib.data.batches.site_steps`), each a multiple of
+    the DDP world size."""
     from eden_lib.data import batches, prepared
     from eden_lib.engine import distributed_context
 
     sites = prepared.load_sites()
-    sizes = [len(sites.indices(name, split)) for name in sites.site_names]
+    sizes = [len(sites.indices(name, split)) for name in names]
     return batches.site_steps(sizes, steps, distributed_context()[1])
+
+
+def anatomy_pairs(mode: str):
+    """The anatomy stage's training volumes ``(S, X, Y, Z)`` (memory-mapped, [0, 1]) and its ``mode`` view pairs
+    (``matched``, ``oracle`` or ``random``: ``pairs_<mode>.csv``)."""
+    import pandas as pd
+
+    folder = paths.data_dir() / "anatomy"
+    files = [folder / "volumes.npy", folder / f"pairs_{mode}.csv"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"view pairs {missing} are missing; run the 'anatomy' stage first (dvc repro anatomy)")
+    pairs = pd.read_csv(files[1])
+    if pairs.empty:
+        raise ValueError(f"{files[1]} holds no view pairs (mode {mode!r}); see reports/metrics/anatomy/matching.json")
+    return np.load(files[0], mmap_mode="r"), pairs
 
 
 def _batches(cfg: dict, method, dims: int, steps: int, split: str = "train", batch_size: int | None = None):
@@ -174,8 +208,9 @@ def _batches(cfg: dict, method, dims: int, steps: int, split: str = "train", bat
     bs = batch_size or method.cfg.batch_size
     if kind == "cxr_sites":
         sites = prepared.load_sites()
-        rows = [sites.indices(name, split) for name in sites.site_names]
-        return batches.site_batches(sites.images, sites.labels, rows, site_schedule(steps, split), bs)
+        names = trained_sites(method.name, method.cfg)
+        rows = [sites.indices(name, split) for name in names]
+        return batches.site_batches(sites.images, sites.labels, rows, site_schedule(steps, names, split), bs)
     if kind == "cxr_images":
         cxr = prepared.load_cxr()
         rows = cxr.split_indices(split)
@@ -189,6 +224,11 @@ def _batches(cfg: dict, method, dims: int, steps: int, split: str = "train", bat
 
         crops, labels, _ = load_visual_words(dims)
         return batches.class_batches(crops, labels, min(bs, len(crops)), steps)
+    if kind == "ct_view_pairs":  # Alice: crops of two scans centred on one anatomy, mined by the anatomy stage
+        from eden_lib.anatomy.views import view_pair_batches
+
+        volumes, pairs = anatomy_pairs(method.cfg.views)
+        return view_pair_batches(volumes, pairs, tuple(method.cfg.crop), min(bs, len(pairs)), steps)
     ct = prepared.load_ct()
     if kind == "ct_subvolumes":
         return batches.volume_batches(ct.subvolumes, None, np.arange(len(ct.subvolumes)), min(bs, len(ct.subvolumes)),
@@ -221,23 +261,32 @@ def monitor_batches(cfg: dict, method, dims: int) -> list[dict]:
     return list(factory(0, torch.Generator().manual_seed(cfg["seed"])))
 
 
-def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None = None) -> dict:
+def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None = None,
+                  run_name: str | None = None) -> dict:
     """Pretrain (or, for untrained methods, initialise) ``name`` in ``dims`` D and export its weights.
 
     With a ``pretrain.init.<name>`` entry for ``dims`` the run starts from that file (:func:`load_init`).
+    ``run_name`` (default ``name``) names the checkpoint, log and model folders, so an analysis can pretrain a
+    variant of a method (e.g. Ark on fewer sites) beside the study's own run.
     """
+    run_name = run_name or name
     from eden_lib.checkpoints import save_weights
     from eden_lib.data.prepared import load_sites
     from eden_lib.engine import TrainConfig, distributed_context, fit
-    from eden_lib.methods import build_method, method_class
+    from eden_lib.methods import method_class, validate_method_config
     from eden_lib.seed import seed_everything
 
     rank, world = distributed_context()
     n_labels = len(cfg["data"]["cxr"]["labels"]) if dims == 2 else 1
+    method_cfg = validate_method_config(name, cfg["methods"][name])
     sites = method_class(name).data.get(dims) == "cxr_sites"
-    site_label_counts = tuple(len(labels) for labels in load_sites().site_labels) if sites else ()
+    site_label_counts = ()
+    if sites:
+        prepared_sites = load_sites()
+        counts = dict(zip(prepared_sites.site_names, map(len, prepared_sites.site_labels)))
+        site_label_counts = tuple(counts[s] for s in trained_sites(name, method_cfg))
     seed_everything(cfg["seed"])
-    method = build_method(name, cfg["methods"][name], build_context(cfg, dims, n_labels, site_label_counts))
+    method = method_class(name)(method_cfg, build_context(cfg, dims, n_labels, site_label_counts))
     init = init_file(cfg, name, dims)
     init_info = None
     if init is not None:  # continual pretraining; a resumed run then restores its checkpoint over these weights
@@ -254,9 +303,10 @@ def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None
         if hasattr(method, "set_total_steps"):  # per-step schedules and checks; under DDP a rank takes steps // world
             method.set_total_steps(max(1, steps // world) * epochs)
         factory = _batches(cfg, method, dims, steps)
-        if sites:  # the cyclic schedule: each site's turn, this rank's share of it
-            per_site = site_schedule(steps)
-            method.set_schedule([s // world for s in per_site], epochs)
+        if sites:  # the cyclic schedule: each site's turn (rounded to the world size), this rank's share of it
+            per_site = site_schedule(steps, trained_sites(name, method.cfg))
+            if hasattr(method, "set_schedule"):
+                method.set_schedule([s // world for s in per_site], epochs)
             steps = sum(per_site)
         optimizer = method.configure_optimizer()
         history = fit(
@@ -265,12 +315,12 @@ def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None
             optimizer,
             TrainConfig(
                 epochs=epochs,
-                checkpoint_dir=checkpoint_dir(name, dims),
+                checkpoint_dir=checkpoint_dir(run_name, dims),
                 seed=cfg["seed"],
                 fingerprint=fingerprint(cfg, name, dims),
                 device=p["device"],
                 amp=p["amp"],
-                log_file=paths.logs_dir() / f"pretrain_{name}_{dims}d.log",
+                log_file=paths.logs_dir() / f"pretrain_{run_name.replace('/', '_')}_{dims}d.log",
                 stop_after_epochs=stop_after_epochs,
                 monitor=monitor_batches(cfg, method, dims),
                 extra={"name": f"{name} {dims}D"},
@@ -280,7 +330,7 @@ def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None
         )
         if len(history) < epochs:
             return {"dims": dims, "complete": False, "history": history}
-    out = paths.models_dir(name)
+    out = paths.models_dir(run_name)
     if rank == 0:  # one writer under torchrun
         for export, module in method.exports().items():
             save_weights(module.cpu(), out / f"{export}.pt", method=name, spatial_dims=dims, export=export)

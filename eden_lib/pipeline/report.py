@@ -13,8 +13,16 @@ from eden_lib import paths
 from eden_lib.analysis.bias import mean_abs_gap
 from eden_lib.evaluation.statistics import best_method, compare_methods
 from eden_lib.reporting.io import read_json
-from eden_lib.reporting.tables import GENESIS_METHODS, GENESIS_TASKS, few_shot_table, format_comparison_table, \
-    genesis_table, markdown_table, mean_std_cell
+from eden_lib.reporting.tables import (
+    GENESIS_METHODS,
+    GENESIS_METRICS,
+    GENESIS_TASKS,
+    few_shot_table,
+    format_comparison_table,
+    genesis_table,
+    markdown_table,
+    mean_std_cell,
+)
 
 CAVEATS = """\
 > **Read this first.** This is a sanity study on procedurally generated anatomy at small compute (narrow networks,
@@ -284,7 +292,9 @@ def site_section(cfg: dict, runs: pd.DataFrame) -> list[str]:
            "the method's frozen features, trained on the site's training rows and scored (mean AUC over the site's "
            f"labels) on its test rows. Stars: paired t-test of each method against `{reference}` over the seeds, "
            "Holm-corrected within the column. `supervised` saw every site's images with the consolidated clean "
-           "labels (a ceiling Ark's setting does not have); `ark` saw each site's own labels only.", "", *lines, ""]
+           "labels (a ceiling Ark's setting does not have); `ark` saw each site's own labels only; "
+           "`supervised_site` is Ark's single-site baseline: Ark's recipe on one site's own labels (methods."
+           "supervised_site.site), without the teacher and the other sites.", "", *lines, ""]
     for (protocol, budget), g in runs.groupby(["protocol", "budget"], sort=True):
         out += [f"### {protocol} · label fraction {budget}", "", markdown_table(site_table(g, methods, reference)),
                 "", *site_sentences(g, reference), ""]
@@ -297,7 +307,7 @@ def site_sentences(runs: pd.DataFrame, reference: str) -> list[str]:
     for task, g in runs.groupby("task", sort=True):
         means = g.groupby("method")["value"].mean()
         parts = [f"best `{means.idxmax()}` {means.max():.3f}"]
-        for other in ("scratch", "supervised"):
+        for other in ("scratch", "supervised_site", "supervised"):
             if other in means.index and reference in means.index and other != reference:
                 parts.append(f"`{reference}` {means[reference] - means[other]:+.3f} vs `{other}`")
         lines.append(f"- {task.removeprefix('site_')}: " + "; ".join(parts) + ".")
@@ -305,6 +315,173 @@ def site_sentences(runs: pd.DataFrame, reference: str) -> list[str]:
     ranked = ", ".join(f"`{k}` {v:.3f}" for k, v in spread.sort_values(ascending=False).items())
     lines.append(f"- Mean over sites and seeds: {ranked}.")
     return lines
+
+
+ALICE_REFERENCES = ("scratch", "models_genesis")
+ALICE_DEFAULT = "default (matched views, CASA)"
+
+
+def alice_table(runs: pd.DataFrame, references: tuple[str, ...] = ALICE_REFERENCES) -> pd.DataFrame:
+    """Alice on the 3D tasks: one row per task x protocol x budget x metric, the mean ± std of ``alice`` and each
+    reference, and ``alice - reference`` with stars from the paired t-test over seeds, Holm-corrected over the
+    references within the row."""
+    sub = runs[runs["task"].isin(list(GENESIS_TASKS)) & runs["method"].isin(["alice", *references])]
+    rows = []
+    for (task, protocol, budget, metric), g in sub.groupby(["task", "protocol", "budget", "metric"], sort=True):
+        present = [m for m in references if m in set(g["method"])]
+        if "alice" not in set(g["method"]) or not present:
+            continue
+        cmp = compare_methods(g[["method", "seed", "value"]], reference="alice").set_index("method")
+        row = {"task": GENESIS_TASKS[task], "protocol": protocol, "budget": budget,
+               "metric": GENESIS_METRICS.get(metric, metric)}
+        row["alice"] = mean_std_cell(cmp.loc["alice", "mean"], cmp.loc["alice", "std"])
+        for ref in references:
+            if ref not in present:
+                row[ref] = row[f"alice - {ref}"] = "–"
+                continue
+            row[ref] = mean_std_cell(cmp.loc[ref, "mean"], cmp.loc[ref, "std"])
+            stars = cmp.loc[ref, "stars"]
+            row[f"alice - {ref}"] = f"{-cmp.loc[ref, 'diff']:+.3f}" + ("" if stars in ("", "n.s.") else f" {stars}")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def alice_ablation_table(default_runs: pd.DataFrame, ablations: dict) -> pd.DataFrame:
+    """Each ablation of ``reports/benchmarks/alice_ablations.json`` against the study's own ``alice`` runs (the
+    default): one row per 3D task x protocol x budget x metric; cells ``mean ± std`` and, for a variant, its
+    difference to the default with stars (paired t over seeds, Holm over the variants within the row)."""
+    frames = [default_runs.assign(method=ALICE_DEFAULT)[["method", "task", "protocol", "budget", "metric", "seed",
+                                                         "value"]]]
+    for name, result in ablations.items():
+        frames.append(pd.DataFrame(result["runs"]).assign(method=name))
+    df = pd.concat(frames, ignore_index=True)
+    df["budget"] = df["budget"].astype(str)
+    df = df[df["task"].isin(list(GENESIS_TASKS))]
+    names = [ALICE_DEFAULT, *ablations]
+    rows = []
+    for (task, protocol, budget, metric), g in df.groupby(["task", "protocol", "budget", "metric"], sort=True):
+        if ALICE_DEFAULT not in set(g["method"]):
+            continue
+        cmp = compare_methods(g[["method", "seed", "value"]], reference=ALICE_DEFAULT).set_index("method")
+        row = {"task": GENESIS_TASKS[task], "protocol": protocol, "budget": budget,
+               "metric": GENESIS_METRICS.get(metric, metric)}
+        for name in names:
+            if name not in cmp.index:
+                row[name] = "–"
+                continue
+            cell = mean_std_cell(cmp.loc[name, "mean"], cmp.loc[name, "std"])
+            if name != ALICE_DEFAULT:
+                stars = cmp.loc[name, "stars"]
+                cell += f" ({cmp.loc[name, 'diff']:+.3f}" + ("" if stars in ("", "n.s.") else f" {stars}") + ")"
+            row[name] = cell
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def anatomy_lines() -> list[str]:
+    """The view mining's quality per mode (``reports/metrics/anatomy/matching.json``): distance of each pair's key
+    point from the query point's true anatomical counterpart (the synthetic landmarks' affine map)."""
+    path = paths.metrics_file("anatomy", "matching")
+    if not path.is_file():
+        return []
+    m = read_json(path)
+    if "modes" not in m:
+        return []
+    rows = [{"views": mode, "pairs": v["n_pairs"],
+             **({"median error (mm)": f"{v['errors']['median_mm']:.1f}", "mean (mm)": f"{v['errors']['mean_mm']:.1f}",
+                 "within 10 mm": f"{v['errors']['within_10mm']:.2f}",
+                 "within 20 mm": f"{v['errors']['within_20mm']:.2f}"} if v["errors"] else {})}
+            for mode, v in m["modes"].items()]
+    lm = m.get("landmark_match")
+    return ["### View mining (stage `anatomy`)", "",
+            f"A dense anatomical embedding trained on the {m['n_scans']} training scans (loss "
+            f"{m['matcher']['loss_first']:.2f} -> {m['matcher']['loss_final']:.2f} over {m['matcher']['steps']} steps) "
+            f"matches each query point of a scan in the previous scan; a match is kept at score > {m['threshold']} "
+            f"({m['try_acceptance_rate']:.2f} of the tries passed). Error: distance (mm) of the key point from the "
+            "query's true counterpart, through the landmarks' affine map; `oracle` uses that map, `random` is the "
+            "control." + (f" Matching the {len(lm['per_landmark_median_mm'])} landmarks themselves: median "
+                          f"{lm['median_mm']:.1f} mm." if lm else ""),
+            "", markdown_table(pd.DataFrame(rows)), "", "![view pairs](figures/anatomy/view_pairs.png)", ""]
+
+
+def alice_section(cfg: dict, runs: pd.DataFrame) -> list[str]:
+    """Alice against scratch and Models Genesis on the 3D tasks, the view-mining quality and the ablations."""
+    if "alice" not in cfg["active_methods"]:
+        return []
+    out = ["## Alice on the 3D tasks", "",
+           "Alice pretrains the study's UNet3D on two crops of two different scans centred on the same anatomy (the "
+           "`anatomy` stage mines them with a dense anatomical embedding trained here). Cells: mean ± std over the "
+           "fine-tuning seeds; `alice - x`: difference of the means, stars from the paired t-test over seeds, "
+           "Holm-corrected over the two comparisons of the row. The FROC section has Alice's PE detection.", ""]
+    out += anatomy_lines()
+    table = alice_table(runs)
+    if not table.empty:
+        out += [markdown_table(table), ""]
+    path = paths.reports_dir() / "benchmarks" / "alice_ablations.json"
+    if path.is_file():
+        ablations = read_json(path)
+        default_runs = runs[runs["method"] == "alice"]
+        out += ["### Ablations (`python benchmarks/alice_ablations.py`)", "",
+                "Each variant changes one setting from params (" + "; ".join(
+                    f"{name}: " + ", ".join(f"`{k}={v}`" for k, v in r["overrides"].items())
+                    for name, r in ablations.items())
+                + "), pretrains again and reruns the 3D tasks with the same seeds; in brackets its difference to the "
+                "default, paired over seeds, Holm-corrected over the variants of the row.", "",
+                markdown_table(alice_ablation_table(default_runs, ablations)), ""]
+    return out
+
+
+def _ci(x: dict, digits: int = 3) -> str:
+    return f"{x['mean']:.{digits}f} [{x['ci_low']:.{digits}f}, {x['ci_high']:.{digits}f}]"
+
+
+def ark_sites_section() -> list[str]:
+    """Claim: "more data sets give better models" (Ark), from ``reports/metrics/claims/ark_sites.json``."""
+    path = paths.metrics_file("claims", "ark_sites")
+    if not path.is_file():
+        return []
+    m = read_json(path)
+    rows = [{"sites Ark trained on": k, "mean AUC [95 % CI]": _ci(v),
+             **{f"{site}'s task": f"{m['per_site'][k][site]:.3f}" for site in m["per_site"][k]}}
+            for k, v in m["per_k"].items()]
+    floors = [f"- Ark on all {m['site_counts'][-1]} sites against `{name}` ({_ci(f['other'])}): "
+              f"{f['diff']:+.3f} [{f['ci_low']:+.3f}, {f['ci_high']:+.3f}], paired t over site labels, "
+              f"p = {f['p']:.3g}." for name, f in m["floors"].items()]
+    return ["## Claim: more data sets give better models (Ark)", "",
+            "Ark pretrained on the first k sites (`claims.ark_sites.site_counts`, the same pretraining budget for "
+            "every k), each model scored on every site's own task (linear probe, the transfer stage's seeds and "
+            f"label fractions); the unit is one label of one site ({m['units']} units), its AUC averaged over seeds "
+            "and label fractions. CIs: t intervals over units. Floor `scratch`, control `supervised_site` (one site, "
+            "no accrual), both from the transfer stage.", "",
+            markdown_table(pd.DataFrame(rows)), "", *floors, "", f"**Verdict.** {m['sentence']}", "",
+            "![ark sites](figures/claims/ark_sites.png)", ""]
+
+
+def interpolation_section() -> list[str]:
+    """Claim: emergent interpolation and extrapolation (Adam-v2), from ``reports/metrics/claims/interpolation.json``."""
+    path = paths.metrics_file("claims", "interpolation")
+    if not path.is_file():
+        return []
+    m = read_json(path)
+    ref = m["reference"]
+    rows = []
+    for name, per in m["methods"].items():
+        row = {"method": name}
+        for mode in ("interpolate", "extrapolate"):
+            s = per[mode]
+            row[mode] = f"{s['score']:+.3f} [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]"
+            t = m["comparisons"].get(mode, {}).get(name)
+            row[f"{ref} - method ({mode})"] = "" if t is None else f"{t['diff']:+.3f}" + (
+                "" if t["stars"] in ("", "n.s.") else f" {t['stars']}")
+        rows.append(row)
+    return ["## Claim: emergent interpolation and extrapolation (Adam-v2)", "",
+            f"{m['n_pairs']} landmark pairs (A, B) of the embedding stage's test patients; for t in {m['t']} the patch "
+            "at C = (1 - t) A + t B is compared with (1 - t) E_A + t E_B and the patch at D = B + t (B - A) with "
+            "E_B + t (E_B - E_A). Score: matched minus mismatched cosine on centred features (control: the true "
+            "patch of another pair), mean over t, 95 % bootstrap CI over pairs; the floor `raw_pixels_pca` embeds the "
+            f"pixels. Last columns: `{ref}` minus the method, paired t over pairs, Holm-corrected.", "",
+            markdown_table(pd.DataFrame(rows)), "", f"**Verdict.** {m['sentence']}", "",
+            "![interpolation](figures/claims/interpolation.png)", ""]
 
 
 def froc_section(cfg: dict) -> list[str]:
@@ -443,6 +620,9 @@ def build_report(cfg: dict) -> str:
     lines += ["![transfer](figures/report/transfer.png)", ""]
     lines += few_shot_section(cfg)
     lines += site_section(cfg, runs)
+    lines += alice_section(cfg, runs)
+    lines += ark_sites_section()
+    lines += interpolation_section()
     lines += froc_section(cfg)
     lines += embedding_section(cfg)
     lines += bias_section(cfg)
