@@ -25,6 +25,8 @@ STAGE_NOTEBOOK = {
     "froc": "60_froc",
     "ark_sites": "70_ark_sites",
     "interpolation": "71_interpolation",
+    "separability": "72_separability",
+    "genesis_dims": "73_genesis_dims",
     "report": "90_report",
 }
 
@@ -40,7 +42,7 @@ def test_dvc_lists_exactly_the_stages_the_config_resolves():
         methods = load_params(profile=profile, validate_methods=False)["active_methods"]
         expected = ["prepare", "anatomy", "self_discovery", *(f"pretrain@{m}" for m in methods),
                     *(f"transfer@{m}" for m in methods), "embedding", "bias", "froc", "ark_sites", "interpolation",
-                    "report"]
+                    "separability", "genesis_dims", "report"]
         assert sorted(out) == sorted(expected), profile
 
 

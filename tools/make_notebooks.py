@@ -181,6 +181,37 @@ NOTEBOOKS: dict[str, tuple[str, str, list[str]]] = {
             "timer.write()",
         ],
     ),
+    "72_separability": (
+        "# CAiD: separability and feature reuse?\n\nPairwise cosine distances between the frozen features of test "
+        "radiographs for every 2D method (CAiD against its base and scratch), and the linear CKA between pretrained and "
+        "fine-tuned features per backbone stage (`claims.separability.reuse_methods`). Reads params: `seed`, `data`, "
+        "`pretrain`, `transfer`, `tasks`, `claims.separability`, `active_methods`.",
+        "profile = None  # None: the profile named in params.yaml",
+        [
+            SETUP.format(timer='"separability"'),
+            "from eden_lib.pipeline.separability import run_separability\n\nmetrics = run_separability(cfg)\n"
+            "print(metrics[\"sentence\"])\nmetrics[\"separability\"]",
+            "from IPython.display import Image\n\nfrom eden_lib import paths\n\n"
+            "Image(filename=str(paths.figures_dir(\"claims\") / \"separability.png\"))",
+            "timer.write()",
+        ],
+    ),
+    "73_genesis_dims": (
+        "# Models Genesis: does 3D beat 2D and 2.5D on 3D tasks?\n\nThe 2D encoders / U-Nets of "
+        "`claims.genesis_dims.methods` applied slice by slice (2D) and to three orthogonal slices (2.5D) on nodule "
+        "classification (linear probe) and nodule segmentation (fine-tuning), against the same methods' 3D runs of the "
+        "transfer stage; paired over seeds, Holm-corrected. Reads params: `seed`, `data`, `pretrain`, `transfer`, "
+        "`tasks`, `claims.genesis_dims`, `active_methods`.",
+        "profile = None  # None: the profile named in params.yaml",
+        [
+            SETUP.format(timer='"genesis_dims"'),
+            "import pandas as pd\n\nfrom eden_lib.pipeline.genesis_dims import run_genesis_dims\n\nmetrics = "
+            "run_genesis_dims(cfg)\nprint(metrics[\"sentence\"])\npd.DataFrame(metrics[\"comparisons\"])",
+            "from IPython.display import Image\n\nfrom eden_lib import paths\n\n"
+            "Image(filename=str(paths.figures_dir(\"claims\") / \"genesis_dims.png\"))",
+            "timer.write()",
+        ],
+    ),
     "90_report": (
         "# Report\n\nAggregates every metrics file into `reports/REPORT.md`: tables with mean ± std, differences with "
         "CIs, Holm-corrected stars, the replication t-test, figures and stage wall times. Reads params: "

@@ -484,6 +484,57 @@ def interpolation_section() -> list[str]:
             "![interpolation](figures/claims/interpolation.png)", ""]
 
 
+def separability_section() -> list[str]:
+    """Claims: separability and feature reuse (CAiD), from ``reports/metrics/claims/separability.json``."""
+    path = paths.metrics_file("claims", "separability")
+    if not path.is_file():
+        return []
+    m = read_json(path)
+    sep = pd.DataFrame([{"method": k, "mean distance": f"{v['mean']:.4f}", "median": f"{v['median']:.4f}",
+                         "quartiles": f"{v['quartiles'][0]:.4f} - {v['quartiles'][1]:.4f}"}
+                        for k, v in m["separability"].items()])
+    tests = [f"- `{k}`: mean distance {t['diff']:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}], bootstrap p = "
+             f"{t['p']:.3g}." for k, t in m["separability_tests"].items()]
+    stages = ["stem", "layer1", "layer2", "layer3", "layer4"]
+    reuse = pd.DataFrame([{"method": k, **{st: f"{s['cka']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+                                           for st, s in zip(stages, per)}} for k, per in m["reuse"].items()])
+    t = m["reuse_test"]
+    reuse_line = [] if t is None else [
+        f"- `{m['method']} - {m['base']}`, mean CKA over stages: {t['diff']:+.3f} [{t['ci_low']:+.3f}, "
+        f"{t['ci_high']:+.3f}], bootstrap p = {t['p']:.3g}."]
+    return ["## Claim: separability and feature reuse (CAiD)", "",
+            f"Separability: cosine distances between the frozen features of every pair of {m['n_images']} test "
+            "radiographs (the transfer stage's features). Feature reuse: linear CKA between the pretrained and the "
+            "fine-tuned encoder (CXR classification, the transfer stage's fine-tuning, seed 0) per backbone stage, "
+            "on the same test images; `scratch` is the floor (nothing to reuse). CIs: bootstrap over images.", "",
+            markdown_table(sep), "", *tests, "", markdown_table(reuse), "", *reuse_line, "",
+            f"**Verdict.** {m['sentence']}", "", "![separability](figures/claims/separability.png)", ""]
+
+
+def genesis_dims_section() -> list[str]:
+    """Claim: 3D beats 2D and 2.5D on 3D tasks (Models Genesis), from ``reports/metrics/claims/genesis_dims.json``."""
+    path = paths.metrics_file("claims", "genesis_dims")
+    if not path.is_file():
+        return []
+    m = read_json(path)
+    rows = [{"task": r["task"].removeprefix("ct_nodule_"), "budget": r["budget"], "3D model": r["reference"],
+             "against": r["arm"], "mean ± std": mean_std_cell(r["mean"], r["std"]),
+             "3D - it": "" if r["arm"] == r["reference"] else f"{r['diff_ref_minus_arm']:+.3f}" + (
+                 "" if r["stars"] in ("", "n.s.") else f" {r['stars']}")}
+            for r in m["comparisons"]]
+    return ["## Claim: 3D beats 2D and 2.5D on 3D tasks (Models Genesis)", "",
+            f"The 2D encoders of {', '.join(f'`{x}`' for x in m['methods'])} (`models_genesis` 2D is Genesis "
+            "pretrained on radiographs, the papers' \"Genesis X-ray 2D\"; `scratch` 2D is random) on the 3D "
+            f"tasks, slices resampled to {m['slice_size']} px: `2D` = every axial slice (classification: mean "
+            "feature; segmentation: a 2D U-Net slice by slice), `2.5D` = the three orthogonal slices (classification: "
+            "their features concatenated; segmentation: trained on all three orientations, predictions averaged). "
+            "Classification: the transfer stage's linear probe, label fractions and seeds; segmentation: "
+            f"{m['seg_epochs']} fine-tuning epoch(s) against the 3D runs' task settings. `3D - it`: paired t over "
+            "seeds, Holm-corrected within each 3D model's block.", "",
+            markdown_table(pd.DataFrame(rows)), "", f"**Verdict.** {m['sentence']}", "",
+            "![genesis dims](figures/claims/genesis_dims.png)", ""]
+
+
 def froc_section(cfg: dict) -> list[str]:
     """CAD-PE style detection: sensitivity at 1, 2, 4 FP/scan per 3D initialisation against scratch, the curves."""
     path = paths.metrics_file("froc", "pe_detection")
@@ -623,6 +674,8 @@ def build_report(cfg: dict) -> str:
     lines += alice_section(cfg, runs)
     lines += ark_sites_section()
     lines += interpolation_section()
+    lines += separability_section()
+    lines += genesis_dims_section()
     lines += froc_section(cfg)
     lines += embedding_section(cfg)
     lines += bias_section(cfg)
