@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _ablate import variant  # noqa: E402 (benchmarks/ is not a package)
 
 ABLATIONS: dict[str, dict[str, dict]] = {
     "adam_v1": {
@@ -37,15 +38,6 @@ ABLATIONS: dict[str, dict[str, dict]] = {
         "decompose_norm per_part": {"methods.adam_v2.decompose_norm": "per_part"},
     },
 }
-
-
-def scratch_root() -> Path:
-    """A study root whose ``data/prepared`` is this repository's (read-only use) and whose outputs are its own."""
-    root = Path(tempfile.mkdtemp(prefix="eden_ablate_"))
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
-    (root / "data").mkdir()
-    (root / "data" / "prepared").symlink_to(REPO / "data" / "prepared")
-    return root
 
 
 def score(cfg: dict, method: str) -> dict:
@@ -92,18 +84,13 @@ def main() -> None:
         if args.only and method != args.only:
             continue
         for name, overrides in ablations.items():
-            root = scratch_root()
-            os.environ["EDEN_ROOT"] = str(root)
-            from eden_lib.config import load_params
-
-            cfg = load_params(overrides=overrides)
-            result = {"overrides": overrides, **score(cfg, method)}
+            with variant(overrides) as cfg:
+                result = {"overrides": overrides, **score(cfg, method)}
             results.setdefault(method, {})[name] = result
             comp = result["compositionality"]
             print(f"{method:8s} {name:26s} LP AUC {result['linear_probe_auc']:.3f}  kNN {result['knn_accuracy']:.3f}  "
                   f"comp {comp['score']:+.3f} [{comp['score_ci_low']:+.3f}, {comp['score_ci_high']:+.3f}]  "
                   f"monitor {result['first_monitor_loss']:.3f} -> {result['final_monitor_loss']:.3f}", flush=True)
-            shutil.rmtree(root, ignore_errors=True)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 

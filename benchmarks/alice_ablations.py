@@ -15,29 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _ablate import variant  # noqa: E402 (benchmarks/ is not a package)
 
 ABLATIONS: dict[str, dict] = {
     "random views": {"methods.alice.views": "random"},
     "oracle views": {"methods.alice.views": "oracle"},
     "no CASA": {"methods.alice.casa": False},
 }
-
-
-def scratch_root() -> Path:
-    """A study root reading this repository's prepared data and view pairs (read-only) and writing its own outputs."""
-    root = Path(tempfile.mkdtemp(prefix="eden_alice_"))
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
-    (root / "data").mkdir()
-    for shared in ("prepared", "anatomy"):
-        (root / "data" / shared).symlink_to(REPO / "data" / shared)
-    return root
 
 
 def run_variant(cfg: dict) -> dict:
@@ -67,15 +58,11 @@ def main() -> None:
     for name, overrides in ABLATIONS.items():
         if args.only and name != args.only:
             continue
-        root = scratch_root()
-        os.environ["EDEN_ROOT"] = str(root)
-        from eden_lib.config import load_params
-
-        result = {"overrides": overrides, **run_variant(load_params(overrides=overrides))}
+        with variant(overrides, shared=("prepared", "anatomy")) as cfg:
+            result = {"overrides": overrides, **run_variant(cfg)}
         results[name] = result
         print(f"{name:14s} {len(result['runs'])} runs in {result['seconds']:.0f} s; loss terms {result['loss_terms']}",
               flush=True)
-        shutil.rmtree(root, ignore_errors=True)
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 

@@ -33,15 +33,16 @@ def _measured(stage: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _fake_batch(kind: str, cfg: dict, batch_size: int, dims: int) -> dict:
+def _fake_batch(kind: str, cfg: dict, batch_size: int, dims: int, method_cfg=None) -> dict:
     import torch
 
     d = cfg["data"]
     n_labels = len(d["cxr"]["labels"])
     g = torch.Generator().manual_seed(0)
-    if kind == "cxr_renders":
+    if kind in ("cxr_renders", "cxr_sites"):
         r = d["cxr"]["render_size"]
-        return {"image": torch.rand(batch_size, 1, r, r, generator=g), "label": torch.zeros(batch_size, n_labels)}
+        batch = {"image": torch.rand(batch_size, 1, r, r, generator=g), "label": torch.zeros(batch_size, n_labels)}
+        return {**batch, "site": torch.zeros(batch_size, dtype=torch.long)} if kind == "cxr_sites" else batch
     if kind == "cxr_images":
         s = d["image_size"]
         return {"image": torch.rand(batch_size, 1, s, s, generator=g), "label": torch.zeros(batch_size, n_labels)}
@@ -49,36 +50,59 @@ def _fake_batch(kind: str, cfg: dict, batch_size: int, dims: int) -> dict:
         shape = d["ct"]["subvolume"] if dims == 3 else [d["image_size"]] * 2
         return {"image": torch.rand(batch_size, 1, *shape, generator=g),
                 "label": torch.zeros(batch_size, dtype=torch.long)}
+    if kind == "ct_view_pairs":  # Alice's query / key crops
+        crop = list(method_cfg.crop)
+        return {v: torch.rand(batch_size, 1, *crop, generator=g) for v in ("query", "key")}
     shape = d["ct"]["subvolume"] if kind == "ct_subvolumes" else [d["ct"]["cube_size"]] * 3
     return {"image": torch.rand(batch_size, 1, *shape, generator=g), "label": torch.zeros(batch_size, 1)}
 
 
-def time_pretraining(cfg: dict, name: str, steps: int) -> dict[str, float]:
-    """Seconds of pretraining per dimension, projected from ``steps`` timed steps."""
+def _site_label_counts(cfg: dict, method_cfg) -> tuple[int, ...]:
+    """Label count of every site a ``cxr_sites`` method trains on (its ``sites``, else all of ``data.sites``)."""
+    counts = {name: len(site["labels"]) for name, site in cfg["data"]["sites"].items()}
+    return tuple(counts[s] for s in (getattr(method_cfg, "sites", ()) or counts))
+
+
+def time_steps(cfg: dict, name: str, steps: int, device: str = "cpu", amp: bool = False) -> dict[int, dict]:
+    """Per dimension of ``name``: seconds per pretraining step (after one warm-up step) on batches of the study's
+    shapes, with the samples and encoder passes a step takes and the steps the budget asks for.
+
+    Returns:
+        ``{dims: {"seconds_per_step", "batch_size", "passes_per_step", "total_steps"}}``; a method that does not
+        train has ``seconds_per_step`` 0.
+    """
     import torch
 
-    from eden_lib.methods import build_method
+    from eden_lib.methods import method_class, validate_method_config
     from eden_lib.pipeline.pretrain import build_context
 
     out = {}
     torch.manual_seed(0)
-    for dims in cfg["methods"][name].get("dims", [2, 3]):
+    dev = torch.device(device)
+    method_cfg = validate_method_config(name, cfg["methods"][name])
+    for dims in method_cfg.dims:
         n_labels = len(cfg["data"]["cxr"]["labels"]) if dims == 2 else 1
-        method = build_method(name, cfg["methods"][name], build_context(cfg, dims, n_labels))
-        if not method.trains:
-            out[f"{dims}d"] = 0.0
-            continue
+        sites = _site_label_counts(cfg, method_cfg) if method_class(name).data.get(dims) == "cxr_sites" else ()
+        method = method_class(name)(method_cfg, build_context(cfg, dims, n_labels, sites))
         budget = cfg["pretrain"]["image_passes_2d" if dims == 2 else "volume_passes_3d"]
         epochs = cfg["pretrain"]["epochs"]
+        if not method.trains:
+            out[dims] = {"seconds_per_step": 0.0, "batch_size": 0, "passes_per_step": 0.0, "total_steps": 0}
+            continue
         total_steps = epochs * math.ceil(budget / (method.cfg.batch_size * method.views) / epochs)
         if hasattr(method, "set_total_steps"):
             method.set_total_steps(total_steps)
-        batch = _fake_batch(method.data[dims], cfg, method.cfg.batch_size, dims)
+        if hasattr(method, "set_schedule"):  # Ark's site turns: every timed step in the first site's turn
+            method.set_schedule([steps + 1] + [1] * (len(sites) - 1), epochs)
+        method.to(dev)
+        batch = {k: v.to(dev) for k, v in _fake_batch(method.data[dims], cfg, method.cfg.batch_size, dims,
+                                                                method_cfg).items()}
         opt = method.configure_optimizer()
         g = torch.Generator().manual_seed(0)
 
         def step() -> None:
-            loss = method(batch, g)["loss"]
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
+                loss = method(batch, g)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -86,12 +110,21 @@ def time_pretraining(cfg: dict, name: str, steps: int) -> dict[str, float]:
                 method.after_step()
 
         step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
-        per_step = (time.perf_counter() - t0) / steps
-        out[f"{dims}d"] = per_step * total_steps
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        out[dims] = {"seconds_per_step": (time.perf_counter() - t0) / steps, "batch_size": method.cfg.batch_size,
+                     "passes_per_step": method.cfg.batch_size * method.views, "total_steps": total_steps}
     return out
+
+
+def time_pretraining(cfg: dict, name: str, steps: int) -> dict[str, float]:
+    """Seconds of pretraining per dimension, projected from ``steps`` timed steps."""
+    return {f"{dims}d": t["seconds_per_step"] * t["total_steps"] for dims, t in time_steps(cfg, name, steps).items()}
 
 
 def project(cfg: dict, steps: int, startup: float) -> dict:

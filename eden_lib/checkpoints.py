@@ -143,6 +143,15 @@ _ARK_DROPPED = ("head.", "head_dist.", "student.", "steps_done")
 #: keys that only a timm Swin Transformer backbone has
 _TIMM_SWIN = ("patch_embed.proj.weight", "layers.0.blocks.0.attn.relative_position_bias_table")
 
+#: the entry holding a layout's weights where that is not ``state_dict``: PyContrast files keep them under ``model``
+WEIGHTS_ENTRY = {"pycontrast": "model"}
+#: PyContrast's backbone prefix (DDP wrapper, then the network's ``encoder``); ``module.encoder_ema.`` is not under it
+_PYCONTRAST_BACKBONE = "module.encoder."
+#: the rest of a PyContrast network: the projection head, PIRL's jigsaw branch, a momentum (EMA) copy of the network
+_PYCONTRAST_DROPPED = ("module.head.", "module.head_jig.", "module.jigsaw", "module.encoder_ema.", "ema")
+#: SwAV-family heads: the MLP projection head and the prototypes (one matrix, or one per head for DeepCluster-v2)
+_SWAV_HEADS = ("module.projection_head.", "module.prototypes.")
+
 
 def _identity(key: str, target: frozenset[str]) -> str | None:
     return key
@@ -187,6 +196,21 @@ def _adam_v2(key: str, target: frozenset[str]) -> str | None:
         return None
     prefix = next((p for p in _ADAM_V2_BACKBONE if key.startswith(p)), None)
     return key if prefix is None else key.removeprefix(prefix)
+
+
+def _pycontrast(key: str, target: frozenset[str]) -> str | None:
+    """PyContrast: ``module.encoder.<torchvision name>`` -> the name as :func:`_torchvision` maps it (an encoder
+    ``fc.*`` dropped); the keys of :data:`_PYCONTRAST_DROPPED` dropped. Only the exact prefix ``module.encoder.`` is
+    stripped, so an EMA copy ``module.encoder_ema.*`` never stands in for the backbone."""
+    if key.startswith(_PYCONTRAST_DROPPED):
+        return None
+    return _torchvision(key.removeprefix(_PYCONTRAST_BACKBONE), target)
+
+
+def _swav(key: str, target: frozenset[str]) -> str | None:
+    """SwAV family: ``module.<torchvision name>`` -> the name as :func:`_torchvision` maps it; the projection head
+    and prototypes (:data:`_SWAV_HEADS`) dropped."""
+    return None if key.startswith(_SWAV_HEADS) else _torchvision(key.removeprefix("module."), target)
 
 
 def _ark_key(key: str) -> str:
@@ -251,6 +275,12 @@ KEY_MAPS: dict[str, KeyMap] = {
     "torchvision": _torchvision,
     # MoCo v1/v2 releases and their kin: {"state_dict": {"module.encoder_q.conv1.weight", ...}}
     "moco": _moco,
+    # PyContrast's InsDis / PIRL / InfoMin files: {"model": {"module.encoder.conv1.weight", "module.head.*", ...}}
+    # (PIRL adds its jigsaw head); the backbone under "module.encoder." read with the torchvision names
+    "pycontrast": _pycontrast,
+    # FAIR's SwAV / DeepCluster-v2 / SeLa-v2 files: {"module.conv1.weight", ..., "module.projection_head.*",
+    # "module.prototypes.*"} (bare or under "state_dict"); "module." stripped, heads dropped, torchvision names
+    "swav": _swav,
     # Adam-v1 checkpoint.pth (the "moco" layout) or best_/last_checkpoint.pth (the "torchvision" layout, fc.0 / fc.2
     # projector): auto-detection reads them as those two, this name serves source="adam_v1"
     "adam_v1": _adam_v1,
@@ -274,7 +304,8 @@ KEY_MAPS: dict[str, KeyMap] = {
     "keras_h5": _drop_absent_head,
 }
 
-#: (source, test on the weight names) in the order tried: the more specific layouts first
+#: (source, test on the names of the weights :func:`_plain_weights` reads for it) in the order tried: the more
+#: specific layouts first
 _DETECTORS: tuple[tuple[str, Callable[[list[str]], bool]], ...] = (
     (
         "models_genesis",
@@ -284,6 +315,13 @@ _DETECTORS: tuple[tuple[str, Callable[[list[str]], bool]], ...] = (
     ("dira_discriminator", lambda ks: all(k.startswith("module.model.") for k in ks)),
     ("dira_moco_wrapper", lambda ks: any(k.startswith("module.encoder_q.backbone.") for k in ks)),
     ("moco", lambda ks: "module.encoder_q.conv1.weight" in ks),
+    ("pycontrast", lambda ks: "module.encoder.conv1.weight" in ks),
+    (
+        "swav",
+        lambda ks: all(k.startswith("module.") for k in ks)
+        and "module.conv1.weight" in ks
+        and any(k.startswith(_SWAV_HEADS) for k in ks),
+    ),
     ("dira_unet", lambda ks: "encoder.conv1.weight" in ks and any(k.startswith("decoder.blocks.") for k in ks)),
     ("torchvision", lambda ks: "conv1.weight" in ks and "layer1.0.conv1.weight" in ks),
 )
@@ -310,18 +348,36 @@ def _is_ark(ckpt: Mapping[str, Any]) -> bool:
     return any(_ark_key(str(k)).startswith("omni_heads.") for k in weights)
 
 
+def _plain_weights(ckpt: Mapping[str, Any], source: str = "") -> tuple[str | None, Any]:
+    """The entry and weights of a layout whose entry is fixed: the entry :data:`WEIGHTS_ENTRY` names for ``source``
+    where the file has it (``pycontrast``: ``model``), else ``state_dict`` if present, else the dict itself (both
+    reported as entry ``None``)."""
+    entry = WEIGHTS_ENTRY.get(source)
+    if entry is not None and entry in ckpt:
+        return entry, ckpt[entry]
+    return None, ckpt.get("state_dict", ckpt)
+
+
+def _weight_names(weights: Any) -> list[str]:
+    """The string keys of ``weights`` (none if it is not a mapping)."""
+    return [k for k in weights if isinstance(k, str)] if isinstance(weights, Mapping) else []
+
+
 def detect_source(ckpt: Mapping[str, Any]) -> str:
     """The layout of a checkpoint read by :func:`load_checkpoint` (a key of :data:`KEY_MAPS`).
 
     ``eden``: top-level ``info`` and ``state_dict``. ``adam_v2``: a ``teacher``, ``model`` or ``student`` entry
     holding ``backbone.``, ``module.backbone.`` or ``module.teacher.backbone.`` weights. ``ark``: ``omni_heads.*``
-    weights in the entry :func:`_ark_entry` chooses. Otherwise the weights
-    (``state_dict`` if present, else the dict itself) decide: ``models_genesis``: all ``module.``, some
-    ``module.down_tr64.``; ``transvw``: some ``clc_out.`` once ``module.`` / ``classficationNet.`` are stripped;
-    ``dira_discriminator``: all ``module.model.``; ``dira_moco_wrapper``: some ``module.encoder_q.backbone.``;
-    ``moco``: ``module.encoder_q.conv1.weight``; ``dira_unet``: ``encoder.conv1.weight`` and ``decoder.blocks.*``;
-    ``torchvision``: ``conv1.weight`` and ``layer1.0.conv1.weight``. Adam-v1 files read as ``moco``
-    (``checkpoint.pth``) or ``torchvision`` (``best_checkpoint.pth``): the same layouts.
+    weights in the entry :func:`_ark_entry` chooses. Otherwise the weights (:func:`_plain_weights`: ``model`` for
+    ``pycontrast`` where present, else ``state_dict`` if present, else the dict itself) decide: ``models_genesis``:
+    all ``module.``, some ``module.down_tr64.``; ``transvw``: some ``clc_out.`` once ``module.`` /
+    ``classficationNet.`` are stripped; ``dira_discriminator``: all ``module.model.``; ``dira_moco_wrapper``: some
+    ``module.encoder_q.backbone.``; ``moco``: ``module.encoder_q.conv1.weight``; ``pycontrast``:
+    ``module.encoder.conv1.weight`` (InsDis, PIRL, InfoMin); ``swav``: all ``module.``, ``module.conv1.weight`` and
+    some ``module.projection_head.`` / ``module.prototypes.`` (SwAV, DeepCluster-v2, SeLa-v2); ``dira_unet``:
+    ``encoder.conv1.weight`` and ``decoder.blocks.*``; ``torchvision``: ``conv1.weight`` and
+    ``layer1.0.conv1.weight``. Adam-v1 files read as ``moco`` (``checkpoint.pth``) or ``torchvision``
+    (``best_checkpoint.pth``): the same layouts.
 
     ``models_genesis`` is tried first, so a YNet3D saved from ``nn.DataParallel`` (every key ``module.``) reads as
     ``models_genesis``: it loads strictly into a YNet3D, and into a UNet3D its ``clc_out`` keys are refused unless
@@ -333,11 +389,11 @@ def detect_source(ckpt: Mapping[str, Any]) -> str:
         return "adam_v2"
     if _is_ark(ckpt):
         return "ark"
-    state = ckpt.get("state_dict", ckpt)
-    keys = [k for k in state if isinstance(k, str)] if isinstance(state, Mapping) else []
     for source, matches in _DETECTORS:
-        if keys and matches(keys):
+        names = _weight_names(_plain_weights(ckpt, source)[1])
+        if names and matches(names):
             return source
+    keys = _weight_names(_plain_weights(ckpt)[1])
     raise CheckpointError(
         f"unrecognised checkpoint layout (top-level keys {sorted(ckpt)[:8]}, first weights {keys[:3]}); "
         f"pass source= one of {sorted(KEY_MAPS)}"
@@ -403,7 +459,7 @@ def _source_weights(ckpt: Mapping[str, Any], source: str, path: Path) -> tuple[s
             )
         return entry, weights
     if source != "adam_v2":
-        return None, ckpt.get("state_dict", ckpt)
+        return _plain_weights(ckpt, source)
     entry = _adam_v2_entry(ckpt)
     if entry is None:
         raise CheckpointError(
@@ -426,7 +482,9 @@ def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") ->
     Sources (:data:`KEY_MAPS`): ``eden`` (:func:`save_weights`); ``models_genesis``, ``transvw``, ``keras_h5``
     (Models Genesis / TransVW / Semantic Genesis, into a UNet3D / YNet3D); ``torchvision`` (a ResNet state dict,
     ``fc*`` dropped); ``moco`` (a MoCo wrapper's query encoder); ``adam_v1`` (Adam-v1's ``checkpoint.pth`` as
-    ``moco`` or ``best_checkpoint.pth`` as ``torchvision``); ``adam_v2`` (Adam-v2's ``checkpoint.pth``: the teacher
+    ``moco`` or ``best_checkpoint.pth`` as ``torchvision``); ``pycontrast`` (InsDis, PIRL, InfoMin: the
+    ``module.encoder.`` backbone of the ``model`` entry); ``swav`` (SwAV, DeepCluster-v2, SeLa-v2: the ``module.``
+    backbone without projection head and prototypes); ``adam_v2`` (Adam-v2's ``checkpoint.pth``: the teacher
     backbone, :data:`ADAM_V2_ENTRIES`, into a ResNetEncoder or a ConvNeXtEncoder, the ConvNeXt's final ``norm``
     included, which Adam-v2's fine-tuning code leaves out); ``dira_unet``, ``dira_moco_wrapper``,
     ``dira_discriminator`` (DiRA / CAiD); ``ark`` (an Ark network of this study's backbones, :data:`ARK_ENTRIES`,
@@ -441,8 +499,9 @@ def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") ->
     Returns:
         ``{"source": ..., "keys": n loaded from the file, "converted": [rgb_to_gray keys], "filled": [counters],
         "dropped": [the file's keys the key map left out, sorted; for keras_h5 under our names]}``, ``"bn_eps"``
-        for ``keras_h5`` and ``"entry"`` (the entry read: teacher, model or student) for ``adam_v2`` and ``ark`` (the
-        entry of :data:`ARK_ENTRIES`, absent for a bare state dict).
+        for ``keras_h5`` and ``"entry"`` (the entry read: teacher, model or student) for ``adam_v2``, ``ark`` (the
+        entry of :data:`ARK_ENTRIES`, absent for a bare state dict) and ``pycontrast`` (``model``, where the file has
+        it).
 
     Raises:
         CheckpointError: unknown layout, or missing / unexpected / mis-shaped keys (named).

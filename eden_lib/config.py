@@ -14,6 +14,7 @@ allowed, before any work starts.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,17 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, list) and len(v) > 0 and all(_positive_int(s) for s in v),
         "a non-empty list of positive integers (training images per few-shot run)",
     ),
+    **{f"tasks.{task}.shots": (lambda v: isinstance(v, list) and all(_positive_int(s) for s in v),
+                               "a list of positive integers (k of each k-shot run; [] for none)")
+       for task in ("cxr_classification", "cxr_site_classification", "ct_nodule_classification",
+                    "ct_nodule_segmentation")},
+    "transfer.finetune.evaluations": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                                      "an integer >= 0 (validation scores per fine-tuning run at least; one per epoch anyway)"),
+    "transfer.finetune.patience": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                                   "an integer >= 0 (0: never stop early)"),
+    "transfer.validation.size": (_positive_int, "a positive integer"),
+    "transfer.validation.ct_scan_fraction": (lambda v: _number(v) and 0 < v < 1, "a fraction in (0, 1)"),
+    "transfer.workers": (_positive_int, "a positive integer (1: runs one after the other)"),
     "embedding.projections": (
         lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= {"tsne", "umap"},
         "a non-empty list of 'tsne' and/or 'umap'",
@@ -110,6 +122,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "froc.threshold": (lambda v: _number(v) and 0 < v < 1, "a probability in (0, 1)"),
     "claims.ark_sites.site_counts": (lambda v: _int_list(v) and len(v) >= 2 and v == sorted(set(v)) and v[0] >= 1,
                                      "at least two increasing site counts >= 1 (at most the number of data.sites)"),
+    "claims.convergence.fraction": (lambda v: _number(v) and 0 < v < 1, "a fraction in (0, 1)"),
     "claims.interpolation.n_pairs": (lambda v: _positive_int(v) and v >= 2, "an integer >= 2"),
     "claims.interpolation.t": (lambda v: isinstance(v, list) and len(v) > 0 and all(_number(x) and 0 < x < 1 for x in v),
                                "a list of fractions in (0, 1)"),
@@ -197,6 +210,18 @@ def _get(cfg: Mapping, dotted: str) -> Any:
 PROTOCOLS = ("linear_probe", "finetune", "finetune_encoder")
 
 
+#: the folder of outside checkpoint files; every pretrain stage depends on it, so DVC sees their bytes
+EXTERNAL_DIR = "data/external"
+
+
+def _warn_untracked(path: str, key: str) -> None:
+    """Warn when a checkpoint file named by ``key`` lies outside :data:`EXTERNAL_DIR` (DVC sees only its path)."""
+    if path and Path(path).parts[:2] != tuple(EXTERNAL_DIR.split("/")):
+        warnings.warn(f"{key} = {path!r} lies outside {EXTERNAL_DIR}/: DVC tracks the path, not the file's bytes, "
+                      f"so replacing the file does not rerun the stages that read it; move it under {EXTERNAL_DIR}/",
+                      UserWarning, stacklevel=3)
+
+
 def _check_init(cfg: dict, source: str) -> None:
     """``pretrain.init``: ``{<method>: {path: <file>, source: <layout>, dims: [2]}}``; ``source`` (default ``auto``)
     and ``dims`` (default: the method's dimensions, which must then be one) are optional. Whether the method trains
@@ -225,6 +250,7 @@ def _check_init(cfg: dict, source: str) -> None:
             if layout not in KEY_MAPS:
                 raise ConfigError(f"{source}: '{where}.source' = {layout!r}; allowed: 'auto', "
                                   f"{', '.join(map(repr, sorted(KEY_MAPS)))}")
+        _warn_untracked(path, f"{where}.path")
         dims = entry.get("dims", [2, 3])
         if not isinstance(dims, list) or not dims or not set(dims) <= {2, 3} or len(set(dims)) != len(dims):
             raise ConfigError(f"{source}: '{where}.dims' = {dims!r}; expected [2], [3] or [2, 3]")
@@ -355,6 +381,9 @@ def load_params(
 
         for method in cfg["active_methods"]:
             validate_method_config(method, cfg["methods"][method])
+        if "external" in cfg["active_methods"]:
+            for dims in validate_method_config("external", cfg["methods"]["external"]).dims:
+                _warn_untracked(cfg["methods"]["external"].get(f"path_{dims}d", ""), f"methods.external.path_{dims}d")
         _check_init_methods(cfg, source)
         from eden_lib.pipeline.self_discovery import check_classes
 

@@ -4,7 +4,9 @@ It owns what methods should not: the device (CUDA if present, else CPU), bf16 au
 randomness, progress (a log file, never the executed notebook), per-epoch metrics (the training loss and, on fixed held-out batches, a monitored loss that is
 comparable across epochs), atomic checkpoints after every epoch, resume from the last one, a clear stop on a non-finite loss, and DistributedDataParallel when launched by
 ``torchrun``. A method is an ``nn.Module`` whose ``forward(batch, generator)`` returns ``{"loss": ..., **scalars}``
-and may define ``after_step()`` (momentum / EMA updates), ``auxiliary_optimizers()`` (optimisers it steps itself,
+and may define ``after_step()`` (momentum / EMA updates), ``after_epoch(epoch) -> {scalars}`` (added to the epoch's
+metrics, e.g. a validation score) with ``stop_requested`` (True ends training after the epoch: early stopping),
+``auxiliary_optimizers()`` (optimisers it steps itself,
 e.g. a GAN discriminator's; checkpointed with the main one), ``ddp_find_unused_parameters`` (True when some of
 its parameters take no part in the loss, e.g. a decoder kept only for export) and ``ddp_ignored_modules`` (names of
 submodules DDP must leave alone because the method synchronises them itself, e.g. a discriminator it steps with
@@ -267,6 +269,8 @@ def _fit(
             row = {"epoch": epoch, **{k: v / n for k, v in sums.items()}}
             if cfg.monitor:
                 row.update(monitor_loss(model, cfg.monitor, device, cfg.seed))
+            if hasattr(model, "after_epoch"):
+                row.update(model.after_epoch(epoch))
             row["lr"] = float(optimizer.param_groups[0]["lr"])
             row["seconds"] = time.perf_counter() - t0
             if not all(math.isfinite(v) for v in row.values()):
@@ -291,6 +295,8 @@ def _fit(
                 scalars = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
                 print(f"epoch {epoch + 1}/{cfg.epochs}: {scalars}")
             done += 1
+            if getattr(model, "stop_requested", False):
+                break
     finally:
         bar.close()
         if hasattr(bar, "log_stream"):

@@ -8,10 +8,10 @@ from eden_lib.analysis.bias import (
     _training_sets,
     bias_study,
     bias_study_with_replicates,
-    bootstrap_p,
     pool_seeds,
 )
 from eden_lib.evaluation.linear_probe import fit_predict_linear_probe
+from eden_lib.evaluation.statistics import bootstrap_p
 from eden_lib.evaluation.metrics import bootstrap_counts, rank_auc
 from eden_lib.seed import rng
 

@@ -1,4 +1,4 @@
-"""Released checkpoint layouts (torchvision, MoCo, DiRA / CAiD) load strictly into our modules.
+"""Released checkpoint layouts (torchvision, MoCo, PyContrast, SwAV, DiRA / CAiD) load strictly into our modules.
 
 Each file is built from the architecture's key names and shapes (facts of the released formats), with tiny widths
 except where the real ResNet-50 layout itself is under test.
@@ -89,8 +89,13 @@ def _torchvision_file() -> dict:
     return _tensors(torchvision_resnet50(TINY))
 
 
+def _backbone(prefix: str) -> dict[str, torch.Tensor]:
+    """The tiny ResNet-50's torchvision-named backbone weights (no ``fc``), each name prefixed."""
+    return _tensors({k: v for k, v in torchvision_resnet50(TINY).items() if not k.startswith("fc.")}, prefix)
+
+
 def _moco_file() -> dict:
-    q = _tensors({k: v for k, v in torchvision_resnet50(TINY).items() if not k.startswith("fc.")}, "module.encoder_q.")
+    q = _backbone("module.encoder_q.")
     return {"epoch": 200, "arch": "resnet50", "state_dict": {**q, **_moco_extras(q, 4 * TINY[3])}}
 
 
@@ -287,3 +292,128 @@ def test_pre_0_4_1_file_without_batch_counters(tmp_path):
     torch.save(partial, tmp_path / "partial.pth")
     with pytest.raises(CheckpointError, match=r"missing keys \(1\): \['layer1.0.bn2.num_batches_tracked'\]"):
         load_pretrained(tmp_path / "partial.pth", _encoder())
+
+
+FEATURES = 4 * TINY[3]  # the tiny ResNet-50's pooled feature width (2048 at full size)
+
+
+def _pycontrast_file(heads: dict[str, tuple[int, ...]]) -> dict:
+    """A PyContrast file: the DDP network (``module.encoder.*`` backbone and ``heads``) under ``model``, beside the
+    memory of the contrast and the epoch."""
+    model = {**_backbone("module.encoder."), **_tensors(heads)}
+    return {"model": model, "contrast": {"memory": torch.randn(16, 8)}, "epoch": 200}
+
+
+def _insdis_file() -> dict:
+    return _pycontrast_file({"module.head.fc.weight": (8, FEATURES), "module.head.fc.bias": (8,)})
+
+
+def _pirl_file() -> dict:
+    """PIRL: the instance head and the jigsaw head over nine patch features."""
+    jigsaw = {"module.head_jig.fc1.weight": (8, FEATURES), "module.head_jig.fc1.bias": (8,),
+              "module.head_jig.fc2.weight": (8, 9 * 8), "module.head_jig.fc2.bias": (8,)}
+    return _pycontrast_file({"module.head.fc.weight": (8, FEATURES), "module.head.fc.bias": (8,), **jigsaw})
+
+
+def _infomin_file() -> dict:
+    """InfoMin: an MLP projection head."""
+    mlp = {"module.head.head.0.weight": (FEATURES, FEATURES), "module.head.head.0.bias": (FEATURES,),
+           "module.head.head.2.weight": (8, FEATURES), "module.head.head.2.bias": (8,)}
+    return _pycontrast_file(mlp)
+
+
+def _swav_state(prototypes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """A SwAV-family state dict: ``module.`` backbone, MLP projection head (Linear, BN, ReLU, Linear), prototypes."""
+    projection = {"module.projection_head.0.weight": (16, FEATURES), "module.projection_head.0.bias": (16,),
+                  **{f"module.{k}": v for k, v in _bn("projection_head.1", 16).items()},
+                  "module.projection_head.3.weight": (8, 16), "module.projection_head.3.bias": (8,)}
+    return {**_backbone("module."), **_tensors({**projection, **prototypes})}
+
+
+def _swav_file() -> dict:
+    return _swav_state({"module.prototypes.weight": (30, 8)})
+
+
+def _deepcluster_v2_file() -> dict:
+    """DeepCluster-v2: one prototype matrix per clustering head."""
+    return _swav_state({f"module.prototypes.prototypes{i}.weight": (30, 8) for i in range(3)})
+
+
+def _selav2_file() -> dict:
+    """SeLa-v2, here as a training checkpoint with the weights under ``state_dict``."""
+    return {"epoch": 400, "state_dict": _swav_state({"module.prototypes.weight": (30, 8)}), "optimizer": {}}
+
+
+#: release -> (file builder, its layout, its backbone prefix, the entry holding the weights)
+RELEASES: dict[str, tuple[Callable[[], dict], str, str, str | None]] = {
+    "InsDis": (_insdis_file, "pycontrast", "module.encoder.", "model"),
+    "PIRL": (_pirl_file, "pycontrast", "module.encoder.", "model"),
+    "InfoMin": (_infomin_file, "pycontrast", "module.encoder.", "model"),
+    "SwAV": (_swav_file, "swav", "module.", None),
+    "DeepCluster-v2": (_deepcluster_v2_file, "swav", "module.", None),
+    "SeLa-v2": (_selav2_file, "swav", "module.", "state_dict"),
+}
+
+
+def _release_weights(ckpt: dict, entry: str | None) -> dict:
+    return ckpt if entry is None else ckpt[entry]
+
+
+@pytest.mark.parametrize("release", sorted(RELEASES))
+def test_ssl_release_is_detected_and_loads_its_backbone(tmp_path, release):
+    build, source, prefix, entry = RELEASES[release]
+    torch.manual_seed(0)
+    ckpt = build()
+    torch.save(ckpt, tmp_path / "release.pth")
+    assert detect_source(load_checkpoint(tmp_path / "release.pth")) == source
+    encoder = _encoder()
+    info = load_pretrained(tmp_path / "release.pth", encoder)
+    weights = _release_weights(ckpt, entry)
+    heads = sorted(set(weights) - set(_backbone(prefix)))
+    assert heads and info["dropped"] == heads
+    assert info["source"] == source and info["keys"] == len(encoder.state_dict()) == len(weights) - len(heads)
+    assert info["converted"] == ["conv1.weight"] and info["filled"] == []
+    assert info.get("entry") == (entry if source == "pycontrast" else None)
+    assert torch.equal(encoder.layer1[0].conv1.weight, weights[f"{prefix}layer1.0.conv1.weight"])
+    assert torch.equal(encoder.layer4[2].bn3.running_var, weights[f"{prefix}layer4.2.bn3.running_var"])
+    assert torch.equal(encoder.conv1.weight, weights[f"{prefix}conv1.weight"].sum(dim=1, keepdim=True))
+
+
+@pytest.mark.parametrize("release", sorted(RELEASES))
+def test_ssl_release_missing_or_extra_backbone_key_is_named(tmp_path, release):
+    build, source, prefix, entry = RELEASES[release]
+    ckpt = build()
+    del _release_weights(ckpt, entry)[f"{prefix}layer1.0.conv1.weight"]
+    torch.save(ckpt, tmp_path / "missing.pth")
+    layout = rf"\({source} layout\) does not fit ResNetEncoder"
+    with pytest.raises(CheckpointError, match=rf"{layout}: missing keys \(1\): \['layer1.0.conv1.weight'\]"):
+        load_pretrained(tmp_path / "missing.pth", _encoder())
+    ckpt = build()
+    _release_weights(ckpt, entry)[f"{prefix}layer1.0.conv1.extra"] = torch.zeros(1)
+    torch.save(ckpt, tmp_path / "extra.pth")
+    with pytest.raises(CheckpointError, match=rf"{layout}: unexpected keys \(1\): \['layer1.0.conv1.extra'\]"):
+        load_pretrained(tmp_path / "extra.pth", _encoder())
+
+
+def test_pycontrast_ema_copy_never_replaces_the_backbone(tmp_path):
+    """``module.encoder_ema.`` starts like ``module.encoder``: the EMA copy, placed after the backbone, is dropped."""
+    torch.manual_seed(0)
+    ckpt = _insdis_file()
+    ema = {k: v + 1 for k, v in _backbone("module.encoder_ema.").items()}
+    ckpt["model"].update(ema)
+    torch.save(ckpt, tmp_path / "ema.pth")
+    encoder = _encoder()
+    info = load_pretrained(tmp_path / "ema.pth", encoder)
+    assert info["source"] == "pycontrast" and "module.encoder_ema.conv1.weight" in info["dropped"]
+    assert set(ema) <= set(info["dropped"])
+    assert torch.equal(encoder.conv1.weight, ckpt["model"]["module.encoder.conv1.weight"].sum(dim=1, keepdim=True))
+    assert torch.equal(encoder.layer1[0].conv1.weight, ckpt["model"]["module.encoder.layer1.0.conv1.weight"])
+
+
+def test_ssl_releases_are_not_read_as_older_layouts():
+    """A SwAV file is all ``module.`` like Models Genesis, a PyContrast one sits under ``model`` like Ark / Adam-v2
+    engine files: each still detects as its own layout, and without its heads a ``module.`` backbone is not SwAV."""
+    assert detect_source(_swav_file()) == "swav"
+    assert detect_source({"model": _insdis_file()["model"], "epoch": 1}) == "pycontrast"
+    with pytest.raises(CheckpointError, match="unrecognised checkpoint layout"):
+        detect_source(_backbone("module."))

@@ -27,6 +27,7 @@ STAGE_NOTEBOOK = {
     "interpolation": "71_interpolation",
     "separability": "72_separability",
     "genesis_dims": "73_genesis_dims",
+    "convergence": "74_convergence",
     "report": "90_report",
 }
 
@@ -42,7 +43,7 @@ def test_dvc_lists_exactly_the_stages_the_config_resolves():
         methods = load_params(profile=profile, validate_methods=False)["active_methods"]
         expected = ["prepare", "anatomy", "self_discovery", *(f"pretrain@{m}" for m in methods),
                     *(f"transfer@{m}" for m in methods), "embedding", "bias", "froc", "ark_sites", "interpolation",
-                    "separability", "genesis_dims", "report"]
+                    "separability", "genesis_dims", "convergence", "report"]
         assert sorted(out) == sorted(expected), profile
 
 

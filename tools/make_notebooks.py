@@ -212,6 +212,24 @@ NOTEBOOKS: dict[str, tuple[str, str, list[str]]] = {
             "timer.write()",
         ],
     ),
+    "74_convergence": (
+        "# TransVW: faster convergence and annotation efficiency?\n\nEvery fine-tuning run of the transfer stage records "
+        "a validation curve. Per run: the fraction of its steps after which the curve first reaches 95 % of its final "
+        "score (above the metric's chance level); per reduced label budget (label fractions below 1, k-shot runs): the "
+        "test score. Each method against `scratch`, paired over shared task x protocol x budget x seed runs, "
+        "Holm-corrected over methods. Trains nothing. Reads params: `active_methods`, `report.reference`, "
+        "`claims.convergence`, and the transfer stage's metrics.",
+        "profile = None  # None: the profile named in params.yaml",
+        [
+            SETUP.format(timer='"convergence"'),
+            "import pandas as pd\n\nfrom eden_lib.pipeline.convergence import run_convergence\n\nmetrics = "
+            "run_convergence(cfg)\nprint(metrics[\"sentence\"])\npd.DataFrame(metrics[\"convergence\"]).T",
+            "from IPython.display import Image, display\n\nfrom eden_lib import paths\n\n"
+            "display(Image(filename=str(paths.figures_dir(\"claims\") / \"convergence.png\")))\n"
+            "Image(filename=str(paths.figures_dir(\"claims\") / \"convergence_budgets.png\"))",
+            "timer.write()",
+        ],
+    ),
     "90_report": (
         "# Report\n\nAggregates every metrics file into `reports/REPORT.md`: tables with mean ± std, differences with "
         "CIs, Holm-corrected stars, the replication t-test, figures and stage wall times. Reads params: "

@@ -32,7 +32,7 @@ import pandas as pd
 
 from eden_lib.evaluation.linear_probe import fit_predict_linear_probe
 from eden_lib.evaluation.metrics import bootstrap_counts, rank_auc, weighted_auc
-from eden_lib.evaluation.statistics import holm, percentile_ci
+from eden_lib.evaluation.statistics import bootstrap_p, holm, percentile_ci
 from eden_lib.seed import rng
 
 SEXES = ("M", "F")
@@ -48,20 +48,6 @@ def _mean_over_defined(auc: np.ndarray, defined: np.ndarray) -> np.ndarray:
     a = np.where(defined, auc, np.nan)
     count = (~np.isnan(a)).sum(axis=-1)
     return np.where(count > 0, np.nansum(a, axis=-1) / np.maximum(count, 1), np.nan)
-
-
-def bootstrap_p(replicates: np.ndarray) -> np.ndarray:
-    """Two-sided bootstrap p-value of "difference = 0" per column; ``(B, ...)`` replicates -> ``(...)``.
-
-    ``p = min(1, 2 * min(1 + #{d_b <= 0}, 1 + #{d_b >= 0}) / (1 + B'))`` over the B' non-NaN replicates: twice
-    the smaller tail (the level at which the percentile CI starts to exclude 0), with the usual +1 correction so
-    that p is never 0. NaN where every replicate is NaN.
-    """
-    d = np.asarray(replicates, dtype=np.float64)
-    finite = ~np.isnan(d)
-    n = finite.sum(axis=0)
-    tail = np.minimum((finite & (d <= 0)).sum(axis=0), (finite & (d >= 0)).sum(axis=0))
-    return np.where(n > 0, np.minimum(1.0, 2 * (1 + tail) / (1 + n)), np.nan)
 
 
 def _training_sets(train_m: np.ndarray, train_f: np.ndarray, n: int, seed: int) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from eden_lib.analysis.compositionality import _unit, derangement
+from eden_lib.evaluation.statistics import percentile_ci
 from eden_lib.seed import rng
 
 
@@ -71,5 +72,5 @@ def bootstrap_mean(values: np.ndarray, seed: int = 0, n_bootstrap: int = 1000) -
     """``{"score", "ci_low", "ci_high"}``: the mean of ``values`` with its percentile bootstrap 95 % CI."""
     v = np.asarray(values, float)
     draws = rng(seed, "interpolation_bootstrap").integers(0, len(v), size=(n_bootstrap, len(v)))
-    low, high = np.percentile(v[draws].mean(axis=1), [2.5, 97.5])
+    low, high = percentile_ci(v[draws].mean(axis=1))
     return {"score": float(v.mean()), "ci_low": float(low), "ci_high": float(high)}

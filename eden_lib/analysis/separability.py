@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from eden_lib.evaluation.statistics import bootstrap_difference
+
 
 def pairwise_cosine_distances(features: np.ndarray) -> np.ndarray:
     """``(N, D)`` -> the ``N (N - 1) / 2`` cosine distances of the distinct pairs (upper triangle, row-major)."""
@@ -42,8 +44,4 @@ def mean_distance_difference(a: np.ndarray, b: np.ndarray, generator: np.random.
     for _ in range(n_bootstrap):
         picks = generator.integers(0, n, size=n)
         diffs.append(_mean_over_images(da, n, picks) - _mean_over_images(db, n, picks))
-    diffs = np.asarray(diffs)
-    low, high = np.percentile(diffs, [2.5, 97.5])
-    p = min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
-    return {"diff": float(da.mean() - db.mean()), "ci_low": float(low), "ci_high": float(high),
-            "p": float(max(p, 1 / n_bootstrap))}
+    return bootstrap_difference(da.mean() - db.mean(), np.asarray(diffs))

@@ -1,7 +1,10 @@
 """Full fine-tuning on a downstream task, through the same engine as pretraining.
 
 A downstream network is wrapped as a :class:`Downstream` module whose ``forward(batch, generator)`` returns the
-task loss, so :func:`eden_lib.engine.fit` trains it like any method (device, AMP, NaN guard).
+task loss, so :func:`eden_lib.engine.fit` trains it like any method (device, AMP, NaN guard). With a
+:class:`Validation`, the run is scored on held-out samples at ``evaluations`` evenly spaced points (the validation
+curve), stops early after ``patience`` points without improvement, and ends with the weights of the best point (the
+transfer-learning benchmark's protocol, dira_caid_transfer_alice_cadpe.md §3).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from torch import nn
 from eden_lib.data.batches import _permuted_batches
 from eden_lib.engine import TrainConfig, fit, select_device
 
+#: ``score(predictions, targets) -> float``, higher is better (mean AUC, mean Dice)
+Score = Callable[[np.ndarray, np.ndarray], float]
+
 
 @dataclass(frozen=True)
 class FinetuneConfig:
@@ -28,6 +34,23 @@ class FinetuneConfig:
     weight_decay: float
     min_steps: int = 0
     device: str = "auto"
+    evaluations: int = 0
+    patience: int = 0
+
+    def rounds(self, validated: bool) -> int:
+        """Training rounds (engine epochs): ``epochs``, or ``max(epochs, evaluations)`` with a validation set, one
+        validation score after each round."""
+        return max(1, self.epochs, self.evaluations if validated else 0)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Held-out samples scored during fine-tuning: inputs ``x (M, C, *spatial)``, targets ``y (M, ...)`` and
+    ``score(net(x) as NumPy, y) -> float`` (higher is better)."""
+
+    x: torch.Tensor
+    y: np.ndarray
+    score: Score
 
 
 class Downstream(nn.Module):
@@ -42,6 +65,43 @@ class Downstream(nn.Module):
         return {"loss": self.loss(self.net(batch["image"]), batch["target"])}
 
 
+class EarlyStopping(Downstream):
+    """A :class:`Downstream` scored on a :class:`Validation` after every round (the engine's ``after_epoch`` hook).
+
+    It keeps the best weights seen (a copy on the CPU), counts rounds without improvement and asks the engine to stop
+    (``stop_requested``) after ``patience`` of them (0: never stops early). ``curve`` holds one
+    ``{"step", "value"}`` per round.
+    """
+
+    def __init__(self, net: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 validation: Validation, steps_per_round: int, patience: int, device: str) -> None:
+        super().__init__(net, loss)
+        self.validation = validation
+        self.steps_per_round = steps_per_round
+        self.patience = patience
+        self.device = device
+        self.curve: list[dict[str, float]] = []
+        self.best: tuple[float, dict[str, torch.Tensor]] | None = None
+        self.best_round = -1
+        self.stop_requested = False
+
+    def after_epoch(self, epoch: int) -> dict[str, float]:
+        pred = predict(self.net, self.net, self.validation.x, batch=64, device=self.device)
+        value = float(self.validation.score(pred, self.validation.y))
+        self.curve.append({"step": (epoch + 1) * self.steps_per_round, "value": value})
+        if self.best is None or value > self.best[0]:
+            self.best = (value, {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()})
+            self.best_round = len(self.curve) - 1
+        elif self.patience and len(self.curve) - 1 - self.best_round >= self.patience:
+            self.stop_requested = True
+        return {"val_score": value}
+
+    def restore_best(self) -> None:
+        """Load the weights of the best round into ``net``."""
+        if self.best is not None:
+            self.net.load_state_dict(self.best[1])
+
+
 def finetune(
     net: nn.Module,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -49,7 +109,8 @@ def finetune(
     y: torch.Tensor,
     cfg: FinetuneConfig,
     seed: int,
-) -> nn.Module:
+    validation: Validation | None = None,
+) -> list[dict[str, float]]:
     """Train ``net`` on (x, y) for ``cfg.epochs`` epochs (at least ``cfg.min_steps`` steps in all).
 
     Args:
@@ -58,21 +119,30 @@ def finetune(
         x: inputs (N, C, *spatial); y: targets (N, ...).
         cfg: optimiser settings.
         seed: seeds the batch order (the network was initialised by the caller).
+        validation: held-out samples; the steps are split into ``cfg.rounds(True)`` rounds, each followed by a
+            validation score, with early stopping (``cfg.patience``) and the best round's weights at the end.
+
+    Returns:
+        The validation curve, ``[{"step", "value"}]`` per round (empty without ``validation``).
     """
     n = len(x)
     bs = min(cfg.batch_size, n)
     steps = max(math.ceil(n / bs) * cfg.epochs, cfg.min_steps)
-    epochs = max(1, cfg.epochs)
-    per_epoch = math.ceil(steps / epochs)
+    rounds = cfg.rounds(validation is not None)
+    per_round = math.ceil(steps / rounds)
 
     def batches(epoch: int, generator: torch.Generator):
-        for idx in _permuted_batches(n, bs, per_epoch, generator):
+        for idx in _permuted_batches(n, bs, per_round, generator):
             yield {"image": x[idx], "target": y[idx]}
 
-    model = Downstream(net, loss)
+    model = (Downstream(net, loss) if validation is None
+             else EarlyStopping(net, loss, validation, per_round, cfg.patience, cfg.device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fit(model, batches, optimizer, TrainConfig(epochs=epochs, seed=seed, device=cfg.device, amp=True, verbose=False))
-    return net
+    fit(model, batches, optimizer, TrainConfig(epochs=rounds, seed=seed, device=cfg.device, amp=True, verbose=False))
+    if isinstance(model, EarlyStopping):
+        model.restore_best()
+        return model.curve
+    return []
 
 
 @torch.no_grad()

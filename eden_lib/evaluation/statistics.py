@@ -70,6 +70,27 @@ def percentile_ci(replicates: np.ndarray, level: float = 0.95, axis: int = 0) ->
     return lo, hi
 
 
+def bootstrap_p(replicates: np.ndarray) -> np.ndarray:
+    """Two-sided bootstrap p-value of "difference = 0" per column; ``(B, ...)`` replicates -> ``(...)``.
+
+    ``p = min(1, 2 * min(1 + #{d_b <= 0}, 1 + #{d_b >= 0}) / (1 + B'))`` over the B' non-NaN replicates: twice
+    the smaller tail (the level at which the percentile CI starts to exclude 0), with the usual +1 correction so
+    that p is never 0. NaN where every replicate is NaN.
+    """
+    d = np.asarray(replicates, dtype=np.float64)
+    finite = ~np.isnan(d)
+    n = finite.sum(axis=0)
+    tail = np.minimum((finite & (d <= 0)).sum(axis=0), (finite & (d >= 0)).sum(axis=0))
+    return np.where(n > 0, np.minimum(1.0, 2 * (1 + tail) / (1 + n)), np.nan)
+
+
+def bootstrap_difference(point: float, replicates: np.ndarray, level: float = 0.95) -> dict[str, float]:
+    """``{"diff", "ci_low", "ci_high", "p"}`` of a difference from its bootstrap replicates ``(B,)``: the point
+    estimate, the percentile CI (:func:`percentile_ci`) and the two-sided p of zero (:func:`bootstrap_p`)."""
+    low, high = percentile_ci(replicates, level)
+    return {"diff": float(point), "ci_low": float(low), "ci_high": float(high), "p": float(bootstrap_p(replicates))}
+
+
 ZERO_SD = 1e-9  # relative s.d. of paired differences treated as exactly zero (float rounding)
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from eden_lib import paths
+from eden_lib.pipeline.checks import check_block
 
 DEFAULTS: dict[str, Any] = {
     "embed_dim": 16, "width": 16, "crop": [48, 48, 32], "steps": 200, "batch_size": 2, "points": 256,
@@ -60,21 +61,8 @@ CHECKS = {
 
 
 def check_anatomy(block: dict) -> None:
-    """Validate the params ``anatomy`` section; raises ValueError naming ``anatomy.<key>``, the value and what is
-    expected (unknown and missing keys too)."""
-    if not isinstance(block, dict):
-        raise ValueError(f"anatomy = {block!r}: expected a mapping with keys {sorted(CHECKS)}")
-    for key, value in block.items():
-        if key not in CHECKS:
-            raise ValueError(f"anatomy.{key} = {value!r}: unknown key; expected one of {sorted(CHECKS)}")
-        ok, expected = CHECKS[key]
-        if not ok(value):
-            raise ValueError(f"anatomy.{key} = {value!r}: expected {expected}")
-    missing = [k for k in CHECKS if k not in block]
-    if missing:
-        raise ValueError(f"anatomy: missing keys {['anatomy.' + k for k in missing]}; defaults: "
-                         f"{ {k: DEFAULTS[k] for k in missing} }")
-
+    """Validate the params ``anatomy`` section (:func:`~eden_lib.pipeline.checks.check_block`; defaults: ``DEFAULTS``)."""
+    check_block("anatomy", block, CHECKS)
 
 def _error_summary(errors: np.ndarray | None) -> dict[str, float] | None:
     if errors is None or not len(errors):
@@ -91,11 +79,17 @@ def run_anatomy(cfg: dict) -> dict:
     """
 
     from eden_lib.anatomy.embedding import EmbeddingConfig, train_embedding
-    from eden_lib.anatomy.matching import (MODES, PAIR_COLUMNS, MiningConfig, landmark_match_errors_mm, mine_pairs,
-                                           pair_errors_mm)
+    from eden_lib.anatomy.matching import (
+        MODES,
+        PAIR_COLUMNS,
+        MiningConfig,
+        landmark_match_errors_mm,
+        mine_pairs,
+        pair_errors_mm,
+    )
     from eden_lib.anatomy.volumes import load_training_volumes, training_spacing
-    from eden_lib.pipeline.prepare import luna16_root, n_train_subsets
     from eden_lib.checkpoints import save_atomic
+    from eden_lib.pipeline.prepare import luna16_root, n_train_subsets
     from eden_lib.reporting.figures import save
     from eden_lib.reporting.io import write_json
     from eden_lib.seed import rng

@@ -30,25 +30,23 @@ from matplotlib.figure import Figure
 from eden_lib import paths
 from eden_lib.analysis import slices as sl
 from eden_lib.evaluation.statistics import compare_methods
+from eden_lib.pipeline.checks import check_block
 
 #: (task, protocol, metric) of the comparison per task: classification by linear probe, segmentation by fine-tuning
 TASKS = {"ct_nodule_classification": ("linear_probe", "auc"), "ct_nodule_segmentation": ("finetune", "dice")}
 
 
-def check_genesis_dims(block: dict) -> None:
-    """``claims.genesis_dims``: errors name the key, the value and what was expected."""
-    expected = {"methods": "a list of method names", "slice_size": "a positive multiple of 32",
-                "seg_epochs": "an integer >= 1"}
-    unknown = sorted(set(block) - set(expected))
-    if unknown:
-        raise ValueError(f"claims.genesis_dims: unknown keys {unknown}; allowed: {sorted(expected)}")
-    ok = {"methods": lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v),
-          "slice_size": lambda v: isinstance(v, int) and v > 0 and v % 32 == 0,
-          "seg_epochs": lambda v: isinstance(v, int) and v >= 1}
-    for key, check in ok.items():
-        if key not in block or not check(block[key]):
-            raise ValueError(f"claims.genesis_dims.{key} = {block.get(key)!r}; expected {expected[key]}")
+#: ``claims.genesis_dims``: key -> (check, what is expected)
+RULES = {
+    "methods": (lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v), "a list of method names"),
+    "slice_size": (lambda v: isinstance(v, int) and v > 0 and v % 32 == 0, "a positive multiple of 32"),
+    "seg_epochs": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+}
 
+
+def check_genesis_dims(block: dict) -> None:
+    """``claims.genesis_dims`` (:func:`~eden_lib.pipeline.checks.check_block`)."""
+    check_block("claims.genesis_dims", block, RULES)
 
 def classification_features(encoder, cubes: np.ndarray, size: int, device: str) -> dict[str, np.ndarray]:
     """``{"2D": mean over axial slices (K, D), "2.5D": three central slices concatenated (K, 3D)}``."""
@@ -74,39 +72,49 @@ def segment(net, cubes: np.ndarray, axes: tuple[int, ...], size: int, device: st
 
 
 def segmentation_runs(cfg: dict, method: str, ct, size: int, epochs: int) -> list[dict]:
-    """2D and 2.5D fine-tuning runs on the nodule crops, one record per variant x seed x metric."""
-    from eden_lib.evaluation.finetune import FinetuneConfig, finetune
+    """2D and 2.5D fine-tuning runs on the nodule crops, one record per variant x seed x metric.
+
+    They train on the cubes the 3D runs train on and validate, like them, on the held-out scans' cubes
+    (:func:`~eden_lib.pipeline.transfer.ct_splits`), here slice by slice (slice Dice)."""
+    from eden_lib.evaluation.finetune import FinetuneConfig, Validation, finetune
     from eden_lib.evaluation.segmentation import segmentation_metrics
-    from eden_lib.pipeline.transfer import _seg_loss, _segmentation_unet_2d
+    from eden_lib.pipeline.transfer import _dice_score, _run_finetunes, _seg_loss, _segmentation_unet_2d, ct_splits
     from eden_lib.seed import seed_everything
 
-    train, test = ct.nodule_indices("train"), ct.nodule_indices("test")
-    if not ct.info.get("nodule_masks") or not len(train) or not len(test):
+    if not ct.info.get("nodule_masks") or not len(ct.nodule_indices("train")) or not len(ct.nodule_indices("test")):
         return []
+    train, val, test = ct_splits(cfg, ct.nodule_meta)
     x, y = np.asarray(ct.nodules, dtype=np.float32), np.asarray(ct.nodule_masks, dtype=np.float32)
     task, base = cfg["tasks"]["ct_nodule_segmentation"], cfg["transfer"]["finetune"]
     fcfg = FinetuneConfig(epochs, task.get("batch_size", base["batch_size"]), task.get("lr", base["lr"]),
-                          base["weight_decay"], 1, cfg["pretrain"]["device"])
-    records = []
-    for variant, axes in (("2D", (2,)), ("2.5D", (0, 1, 2))):
-        inputs = torch.cat([sl.to_inputs(sl.slices(x[train], a), size) for a in axes])
-        targets = torch.cat([(sl.to_inputs(sl.slices(y[train], a), size) > 0.5).float() for a in axes])
-        for seed in cfg["transfer"]["seeds"]:
-            seed_everything(seed)
-            net = _segmentation_unet_2d(cfg, method, 1)
-            finetune(net, _seg_loss, inputs, targets, fcfg, seed)
-            prob = segment(net, x[test], axes, size, fcfg.device)
-            for metric, value in segmentation_metrics(prob, y[test]).items():
-                records.append({"method": method, "variant": variant, "task": "ct_nodule_segmentation",
-                                "protocol": "finetune", "budget": f"{len(train)}_cubes", "seed": seed,
-                                "metric": metric, "value": float(value)})
-    return records
+                          base["weight_decay"], 1, cfg["pretrain"]["device"], base["evaluations"], base["patience"])
+
+    def as_slices(rows: np.ndarray, axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = torch.cat([sl.to_inputs(sl.slices(x[rows], a), size) for a in axes])
+        targets = torch.cat([(sl.to_inputs(sl.slices(y[rows], a), size) > 0.5).float() for a in axes])
+        return inputs, targets
+
+    def run(variant: str, axes: tuple[int, ...], seed: int) -> list[dict]:
+        inputs, targets = as_slices(train, axes)
+        val_x, val_y = as_slices(val, axes)
+        seed_everything(seed)
+        net = _segmentation_unet_2d(cfg, method, 1)
+        finetune(net, _seg_loss, inputs, targets, fcfg, seed,
+                 Validation(val_x, val_y.numpy(), _dice_score) if len(val) else None)
+        prob = segment(net, x[test], axes, size, fcfg.device)
+        return [{"method": method, "variant": variant, "task": "ct_nodule_segmentation", "protocol": "finetune",
+                 "budget": f"{len(train)}_cubes", "seed": seed, "metric": metric, "value": float(value)}
+                for metric, value in segmentation_metrics(prob, y[test]).items()]
+
+    jobs = [lambda v=v, a=a, seed=seed: run(v, a, seed) for v, a in (("2D", (2,)), ("2.5D", (0, 1, 2)))
+            for seed in cfg["transfer"]["seeds"]]
+    return [r for records in _run_finetunes(cfg, jobs) for r in records]
 
 
 def run_genesis_dims(cfg: dict) -> dict:
     """2D / 2.5D runs of every method of ``claims.genesis_dims.methods``, against their 3D runs; returns metrics."""
     from eden_lib.data import prepared
-    from eden_lib.pipeline.transfer import _load_encoder_2d, classification_runs, has_2d, has_3d
+    from eden_lib.pipeline.transfer import _load_encoder_2d, classification_runs, ct_splits, has_2d, has_3d
     from eden_lib.reporting.figures import save
     from eden_lib.reporting.io import read_json, write_json
 
@@ -117,9 +125,9 @@ def run_genesis_dims(cfg: dict) -> dict:
     ct = prepared.load_ct()
     cubes = np.asarray(ct.candidates, dtype=np.float32)
     y = ct.candidate_meta["label"].to_numpy(dtype=np.float32).reshape(-1, 1)
-    split = (ct.candidate_indices("train"), ct.candidate_indices("test"))
+    split = ct_splits(cfg, ct.candidate_meta)
     probe_only = {**cfg, "tasks": {**cfg["tasks"], "ct_nodule_classification": {
-        **cfg["tasks"]["ct_nodule_classification"], "protocols": ["linear_probe"]}}}
+        **cfg["tasks"]["ct_nodule_classification"], "protocols": ["linear_probe"], "shots": []}}}
     records = []
     for method in methods:
         encoder = _load_encoder_2d(cfg, method)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -142,7 +141,6 @@ def discover(cfg: dict, dims: int, out: Path) -> dict:
     """Discover and crop the visual words in ``dims`` D into ``out``; returns the summary written to info.json."""
     from eden_lib.data.self_discovery import discover_visual_words, embed_patients, extract_visual_word_crops
 
-    t0 = time.perf_counter()
     sd_cfg = discovery_config(cfg, dims)
     volumes, ids = training_patients(cfg, dims)
     embeddings, history = embed_patients(volumes, sd_cfg)
@@ -169,8 +167,7 @@ def discover(cfg: dict, dims: int, out: Path) -> dict:
         "instances_per_class": int(words.members.shape[1]), "levels": len(sd_cfg.scales),
         "n_crops": int(len(labels)), "crop_size": list(sd_cfg.crop_size), "out_size": list(sd_cfg.out_size),
         "autoencoder_loss": {"first": history[0]["loss"], "final": history[-1]["loss"]},
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
+    }  # no wall time here: the words' digest enters TransVW's checkpoint fingerprint (timing: reports/timing/)
     (out / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
 

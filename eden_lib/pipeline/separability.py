@@ -25,23 +25,22 @@ from matplotlib.figure import Figure
 from eden_lib import paths
 from eden_lib.analysis.cka import bootstrap_cka, linear_cka
 from eden_lib.analysis.separability import mean_distance_difference, pairwise_cosine_distances
+from eden_lib.evaluation.statistics import bootstrap_difference
+from eden_lib.pipeline.checks import check_block
+
+#: ``claims.separability``: key -> (check, what is expected)
+RULES = {
+    "method": (lambda v: isinstance(v, str), "a method name"),
+    "base": (lambda v: isinstance(v, str), "a method name"),
+    "n_images": (lambda v: isinstance(v, int) and v >= 3, "an integer >= 3"),
+    "reuse_methods": (lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v), "a list of method names"),
+    "n_bootstrap": (lambda v: isinstance(v, int) and v >= 10, "an integer >= 10"),
+}
 
 
 def check_separability(block: dict) -> None:
-    """``claims.separability``: errors name the key, the value and what was expected."""
-    expected = {"method": "a method name", "base": "a method name", "n_images": "an integer >= 3",
-                "reuse_methods": "a list of method names", "n_bootstrap": "an integer >= 10"}
-    unknown = sorted(set(block) - set(expected))
-    if unknown:
-        raise ValueError(f"claims.separability: unknown keys {unknown}; allowed: {sorted(expected)}")
-    ok = {"method": lambda v: isinstance(v, str), "base": lambda v: isinstance(v, str),
-          "n_images": lambda v: isinstance(v, int) and v >= 3,
-          "reuse_methods": lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v),
-          "n_bootstrap": lambda v: isinstance(v, int) and v >= 10}
-    for key, check in ok.items():
-        if key not in block or not check(block[key]):
-            raise ValueError(f"claims.separability.{key} = {block.get(key)!r}; expected {expected[key]}")
-
+    """``claims.separability`` (:func:`~eden_lib.pipeline.checks.check_block`)."""
+    check_block("claims.separability", block, RULES)
 
 def stage_features(encoder, x, device: str) -> list[np.ndarray]:
     """The encoder's five stage maps of ``x`` ``(N, 1, S, S)``, each global-average pooled: ``[(N, C_s)] * 5``."""
@@ -131,11 +130,7 @@ def reuse_difference(stage_feats: dict, claim: str, base: str, generator: np.ran
     for _ in range(n_bootstrap):
         rows = generator.integers(0, n, size=n)
         draws.append(mean_cka(claim, rows) - mean_cka(base, rows))
-    draws = np.asarray(draws)
-    low, high = np.nanpercentile(draws, [2.5, 97.5])
-    p = min(1.0, 2 * min(np.mean(draws <= 0), np.mean(draws >= 0)))
-    return {"diff": mean_cka(claim, every) - mean_cka(base, every), "ci_low": float(low), "ci_high": float(high),
-            "p": float(max(p, 1 / n_bootstrap))}
+    return bootstrap_difference(mean_cka(claim, every) - mean_cka(base, every), np.asarray(draws))
 
 
 def _verdict(test: dict | None) -> str:

@@ -3,16 +3,22 @@
 Frozen features are extracted once (``data/features/<method>.npz``: whole radiographs, landmark patches of test
 patients, 3D nodule candidates); linear probes, the embedding stage and the bias stage read them. Fine-tuning runs
 start from the exported pretrained weights. Methods share paired seeds: the same label subsets and seeds for all.
+Budgets: label fractions and k-shot subsets (``tasks.<task>.shots``: k positives and k negatives per label for a
+classification task, k images or cubes for a segmentation task). Every fine-tuning run is scored on a validation set
+(CXR: the ``val`` split; CT: held-out training scans, ``transfer.validation``) at ``transfer.finetune.evaluations``
+points, stops early after ``patience`` points without gain and keeps its best weights; its record holds the curve.
+Independent fine-tuning runs go side by side in ``transfer.workers`` processes (:mod:`eden_lib.parallel`).
 A method runs the 2D tasks when it exported ``encoder.pt`` (:func:`has_2d`) and the 3D tasks when it exported
 ``unet3d.pt`` (:func:`has_3d`). Writes ``reports/metrics/transfer/<method>.json`` (a summary plus one record per run:
-``{task, protocol, budget, seed, metric, value, per_class}``; a task with several metrics, such as
-``ct_nodule_segmentation``, writes one record per metric).
+``{task, protocol, budget, seed, metric, value, per_class}``, plus ``curve`` ``[{step, value}]`` for a fine-tuning
+run; a task with several metrics, such as ``ct_nodule_segmentation``, writes one record per metric).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,13 +31,14 @@ from eden_lib.checkpoints import load_weights
 from eden_lib.data import prepared
 from eden_lib.data.batches import resize_2d
 from eden_lib.data.patches import crop_around, part_centres, unpack_masks
-from eden_lib.evaluation.finetune import FinetuneConfig, finetune, predict
+from eden_lib.evaluation.finetune import FinetuneConfig, Validation, finetune, predict
 from eden_lib.evaluation.linear_probe import fit_predict_linear_probe
-from eden_lib.evaluation.metrics import auc_per_label, dice_per_class
+from eden_lib.evaluation.metrics import auc_per_label, dice_per_class, mean_auc
 from eden_lib.evaluation.segmentation import segmentation_metrics
-from eden_lib.evaluation.subsets import label_fraction_subset, shot_subset
+from eden_lib.evaluation.subsets import class_shot_subset, group_holdout, label_fraction_subset, shot_subset
 from eden_lib.methods import networks
 from eden_lib.methods.supervised import masked_bce
+from eden_lib.parallel import run_jobs
 from eden_lib.pipeline.pretrain import build_context
 from eden_lib.seed import rng, seed_everything
 
@@ -114,8 +121,47 @@ def _finetune_cfg(cfg: dict, task: str) -> FinetuneConfig:
     and ``min_steps`` (``tasks.ct_nodule_segmentation`` and ``ct_nodule_classification`` do)."""
     f, t = cfg["transfer"]["finetune"], cfg["tasks"][task]
     return FinetuneConfig(t["finetune_epochs"], t.get("batch_size", f["batch_size"]), t.get("lr", f["lr"]),
-                          f["weight_decay"], t.get("min_steps", f["min_steps"]), cfg["pretrain"]["device"])
+                          f["weight_decay"], t.get("min_steps", f["min_steps"]), cfg["pretrain"]["device"],
+                          f["evaluations"], f["patience"])
 
+
+def validation_rows(cfg: dict, pool: np.ndarray) -> np.ndarray:
+    """At most ``transfer.validation.size`` rows of a validation pool (seeded by ``seed``: the same for every method
+    and fine-tuning seed)."""
+    n = min(cfg["transfer"]["validation"]["size"], len(pool))
+    return pool[shot_subset(len(pool), n, cfg["seed"])] if n else pool[:0]
+
+
+def ct_splits(cfg: dict, meta: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, test) rows of a SynthCT table (candidates or nodule cubes): the validation rows come from
+    ``transfer.validation.ct_scan_fraction`` of the training scans (``seriesuid``), held out of training; with a
+    single training scan there is no validation set (fine-tuning then keeps its last weights)."""
+    split = meta["split"].to_numpy()
+    train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
+    scans = meta["seriesuid"].to_numpy()[train]
+    if len(np.unique(scans)) < 2:
+        return train, train[:0], test
+    held = group_holdout(scans, cfg["transfer"]["validation"]["ct_scan_fraction"], cfg["seed"])
+    return train[~held], validation_rows(cfg, train[held]), test
+
+
+def _auc_score(pred: np.ndarray, y: np.ndarray) -> float:
+    """Mean AUC over the labels that have both classes (the validation score of a classification run)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return mean_auc(auc_per_label(y, pred))
+
+
+def _dice_score(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean Dice over the structures at logit 0 (the validation score of a segmentation run)."""
+    return float(dice_per_class(logits > 0, y > 0.5).mean())
+
+
+def _run_finetunes(cfg: dict, jobs: list[Callable[[], Any]]) -> list[Any]:
+    """The fine-tuning ``jobs`` (one record each) side by side in ``transfer.workers`` processes."""
+    return run_jobs(jobs, cfg["transfer"]["workers"], cfg["pretrain"]["device"])
 
 def _record(task, protocol, budget, seed, metric, per_class: dict[str, float]) -> dict:
     values = np.array(list(per_class.values()), dtype=float)
@@ -131,38 +177,49 @@ def classification_runs(
     features: np.ndarray,
     inputs: torch.Tensor,
     y: np.ndarray,
-    split: tuple[np.ndarray, np.ndarray],
+    split: tuple[np.ndarray, np.ndarray, np.ndarray],
     build_net: Callable[[], nn.Module],
 ) -> list[dict]:
-    """Linear probes (per label fraction x seed) and fine-tuning (per seed) of one multi-label classification task.
+    """Linear probes (per label fraction and k-shot budget x seed) and fine-tuning (per seed) of one multi-label
+    classification task.
 
     Args:
         task: key of ``tasks``; names: the K label names.
         features: frozen features of every sample (N, D); inputs: the samples for fine-tuning (N, 1, *spatial).
-        y: labels (N, K), NaN = unknown; split: (train indices, test indices).
+        y: labels (N, K), NaN = unknown; split: (train, validation, test) indices (the probes ignore validation).
         build_net: a fresh network (pretrained encoder + new linear head) per fine-tuning seed.
     """
-    t = cfg["transfer"]
-    train, test = split
+    t, spec = cfg["transfer"], cfg["tasks"][task]
+    train, val, test = split
     records = []
-    if "linear_probe" in cfg["tasks"][task]["protocols"]:
-        for frac in t["label_fractions"]:
+    if "linear_probe" in spec["protocols"]:
+        budgets = [(f"{frac:g}", lambda seed, frac=frac: label_fraction_subset(y[train], frac, seed,
+                                                                                 t["min_positives"]))
+                   for frac in t["label_fractions"]]
+        budgets += [(f"{k}_shots", lambda seed, k=k: class_shot_subset(y[train], k, seed))
+                    for k in spec.get("shots", [])]
+        for budget, subset in budgets:
             for seed in t["seeds"]:
-                sub = train[label_fraction_subset(y[train], frac, seed, t["min_positives"])]
+                sub = train[subset(seed)]
                 scores = fit_predict_linear_probe(features[sub], y[sub], features[test], C=t["linear_probe"]["C"],
                                                   seed=seed, max_iter=t["linear_probe"]["max_iter"])
-                records.append(_record(task, "linear_probe", f"{frac:g}", seed, "auc",
+                records.append(_record(task, "linear_probe", budget, seed, "auc",
                                        dict(zip(names, auc_per_label(y[test], scores)))))
-    if "finetune" in cfg["tasks"][task]["protocols"]:
+    if "finetune" in spec["protocols"]:
         frac = t["finetune_fraction"]
-        for seed in t["seeds"]:
+        validation = Validation(inputs[val], y[val], _auc_score) if len(val) else None
+
+        def run(seed: int) -> dict:
             sub = train[label_fraction_subset(y[train], frac, seed, t["min_positives"])]
             seed_everything(seed)
             net = build_net()
-            finetune(net, masked_bce, inputs[sub], torch.from_numpy(y[sub]), _finetune_cfg(cfg, task), seed)
+            curve = finetune(net, masked_bce, inputs[sub], torch.from_numpy(y[sub]), _finetune_cfg(cfg, task), seed,
+                             validation)
             scores = predict(net, net, inputs[test], batch=64, device=cfg["pretrain"]["device"])
-            records.append(_record(task, "finetune", f"{frac:g}", seed, "auc",
-                                   dict(zip(names, auc_per_label(y[test], scores)))))
+            return {**_record(task, "finetune", f"{frac:g}", seed, "auc",
+                              dict(zip(names, auc_per_label(y[test], scores)))), "curve": curve}
+
+        records += _run_finetunes(cfg, [lambda seed=seed: run(seed) for seed in t["seeds"]])
     return records
 
 
@@ -173,7 +230,7 @@ def cxr_classification(
         encoder = _load_encoder_2d(cfg, method)
         return nn.Sequential(encoder, nn.Linear(encoder.out_dim, len(cxr.info["labels"])))
 
-    split = (cxr.split_indices("train"), cxr.split_indices("test"))
+    split = (cxr.split_indices("train"), validation_rows(cfg, cxr.split_indices("val")), cxr.split_indices("test"))
     return classification_runs(cfg, "cxr_classification", cxr.info["labels"], feats["cxr"], x, cxr.labels, split,
                                build)
 
@@ -181,17 +238,20 @@ def cxr_classification(
 def site_classification(cfg: dict, method: str, sites: prepared.PreparedSites) -> list[dict]:
     """Every site's own classification task (the Ark setting, adam_ark.md §3): the method's frozen encoder on the
     site's images as its loader read them, each site with its own label set, train and test rows of that site only.
-    Records carry ``task = "site_<name>"`` and the protocols of ``tasks.cxr_site_classification``."""
+    Records carry ``task = "site_<name>"`` and the protocols of ``tasks.cxr_site_classification``; fine-tuning puts
+    a head of the site's labels on the pretrained encoder and validates on the site's ``val`` rows (if any)."""
     encoder = _load_encoder_2d(cfg, method)
     x = resize_2d(sites.images, cfg["data"]["image_size"])
     feats = predict(encoder, encoder, x, device=cfg["pretrain"]["device"])
-
-    def build() -> nn.Module:
-        raise ValueError("tasks.cxr_site_classification.protocols: only linear_probe is implemented for the sites")
-
     records = []
     for name, labels in zip(sites.site_names, sites.site_labels):
-        split = (sites.indices(name, "train"), sites.indices(name, "test"))
+
+        def build(n_out: int = len(labels)) -> nn.Module:
+            net = _load_encoder_2d(cfg, method)
+            return nn.Sequential(net, nn.Linear(net.out_dim, n_out))
+
+        split = (sites.indices(name, "train"), validation_rows(cfg, sites.indices(name, "val")),
+                 sites.indices(name, "test"))
         y = np.asarray(sites.labels[:, : len(labels)])
         for r in classification_runs(cfg, "cxr_site_classification", labels, feats, x, y, split, build):
             records.append({**r, "task": f"site_{name}"})
@@ -215,19 +275,23 @@ def cxr_segmentation(cfg: dict, method: str, x: torch.Tensor, cxr: prepared.Prep
     structures = task["structures"]
     bits = [cxr.info["masks"].index(s) for s in structures]
     train, test = cxr.split_indices("train"), cxr.split_indices("test")
+    val = validation_rows(cfg, cxr.split_indices("val"))
     masks = unpack_masks(cxr.masks, bits, x.shape[-1])
-    records = []
-    for shots in task["shots"]:
-        for seed in cfg["transfer"]["seeds"]:
-            sub = train[shot_subset(len(train), shots, seed)]
-            seed_everything(seed)
-            net = _segmentation_unet_2d(cfg, method, len(bits))
-            finetune(net, _seg_loss, x[sub], masks[sub], _finetune_cfg(cfg, "cxr_segmentation"), seed)
-            pred = predict(net, net, x[test], device=cfg["pretrain"]["device"]) > 0
-            dice = dice_per_class(pred, masks[test].numpy() > 0.5)
-            records.append(_record("cxr_segmentation", "finetune", f"{shots}_shots", seed, "dice",
-                                   dict(zip(structures, dice))))
-    return records
+    validation = Validation(x[val], masks[val].numpy(), _dice_score) if len(val) else None
+
+    def run(shots: int, seed: int) -> dict:
+        sub = train[shot_subset(len(train), shots, seed)]
+        seed_everything(seed)
+        net = _segmentation_unet_2d(cfg, method, len(bits))
+        curve = finetune(net, _seg_loss, x[sub], masks[sub], _finetune_cfg(cfg, "cxr_segmentation"), seed,
+                         validation)
+        pred = predict(net, net, x[test], device=cfg["pretrain"]["device"]) > 0
+        dice = dice_per_class(pred, masks[test].numpy() > 0.5)
+        return {**_record("cxr_segmentation", "finetune", f"{shots}_shots", seed, "dice",
+                          dict(zip(structures, dice))), "curve": curve}
+
+    return _run_finetunes(cfg, [lambda k=k, seed=seed: run(k, seed) for k in task["shots"]
+                                for seed in cfg["transfer"]["seeds"]])
 
 
 def _segmentation_unet_2d(cfg: dict, method: str, n_out: int) -> nn.Module:
@@ -248,8 +312,8 @@ def ct_nodule_classification(cfg: dict, method: str, ct: prepared.PreparedCT, fe
 
     cubes = torch.from_numpy(np.asarray(ct.candidates, dtype=np.float32)).unsqueeze(1)
     y = ct.candidate_meta["label"].to_numpy(dtype=np.float32).reshape(-1, 1)
-    split = (ct.candidate_indices("train"), ct.candidate_indices("test"))
-    return classification_runs(cfg, "ct_nodule_classification", ["nodule"], feats["ct"], cubes, y, split, build)
+    return classification_runs(cfg, "ct_nodule_classification", ["nodule"], feats["ct"], cubes, y,
+                               ct_splits(cfg, ct.candidate_meta), build)
 
 
 class _PooledClassifier(nn.Module):
@@ -304,31 +368,38 @@ def segmentation_unet3d(cfg: dict, method: str, protocol: str) -> nn.Module:
 
 
 def ct_nodule_segmentation(cfg: dict, method: str, ct: prepared.PreparedCT) -> list[dict]:
-    """Models Genesis "NCS" on SynthCT: fine-tune the UNet3D on the jittered nodule cubes, per protocol x seed.
+    """Models Genesis "NCS" on SynthCT: fine-tune the UNet3D on the jittered nodule cubes, per protocol x budget x
+    seed.
 
-    Every method trains on the same cubes (all training crops) under the same seeds (paired). Loss: Dice + BCE, as
-    the CXR segmentation. One record per metric of :func:`~eden_lib.evaluation.segmentation.segmentation_metrics`
-    (``dice``, ``iou``: foreground, per cube; ``keras_mean_iou``: the papers' "IoU"). No records when the data set
-    has no nodule masks (real LUNA16).
+    Every method trains on the same cubes (all training crops, or ``tasks.ct_nodule_segmentation.shots`` of them)
+    under the same seeds (paired), validated on the cubes of the held-out training scans (:func:`ct_splits`). Loss:
+    Dice + BCE, as the CXR segmentation. One record per metric of
+    :func:`~eden_lib.evaluation.segmentation.segmentation_metrics` (``dice``, ``iou``: foreground, per cube;
+    ``keras_mean_iou``: the papers' "IoU"). No records when the data set has no nodule masks (real LUNA16).
     """
     task = cfg["tasks"]["ct_nodule_segmentation"]
-    train, test = ct.nodule_indices("train"), ct.nodule_indices("test")
-    if not ct.info.get("nodule_masks") or not len(train) or not len(test):
+    if not ct.info.get("nodule_masks") or not len(ct.nodule_indices("train")) or not len(ct.nodule_indices("test")):
         return []
+    train, val, test = ct_splits(cfg, ct.nodule_meta)
     x = torch.from_numpy(np.asarray(ct.nodules, dtype=np.float32)).unsqueeze(1)  # (K, 1, X, Y, Z)
     y = torch.from_numpy(np.asarray(ct.nodule_masks, dtype=np.float32)).unsqueeze(1)
-    budget = f"{len(train)}_cubes"
-    records = []
-    for protocol in task["protocols"]:
-        for seed in cfg["transfer"]["seeds"]:
-            seed_everything(seed)
-            net = segmentation_unet3d(cfg, method, protocol)
-            finetune(net, _seg_loss, x[train], y[train], _finetune_cfg(cfg, "ct_nodule_segmentation"), seed)
-            logits = predict(net, net, x[test], batch=64, device=cfg["pretrain"]["device"])
-            prob = torch.sigmoid(torch.from_numpy(logits)).numpy()[:, 0]
-            for metric, value in segmentation_metrics(prob, y[test, 0].numpy()).items():
-                records.append(_record("ct_nodule_segmentation", protocol, budget, seed, metric, {"nodule": value}))
-    return records
+    validation = Validation(x[val], y[val].numpy(), _dice_score) if len(val) else None
+
+    def run(protocol: str, shots: int | None, seed: int) -> list[dict]:
+        rows = train if shots is None else train[shot_subset(len(train), shots, seed)]
+        budget = f"{len(train)}_cubes" if shots is None else f"{shots}_shots"
+        seed_everything(seed)
+        net = segmentation_unet3d(cfg, method, protocol)
+        curve = finetune(net, _seg_loss, x[rows], y[rows], _finetune_cfg(cfg, "ct_nodule_segmentation"), seed,
+                         validation)
+        logits = predict(net, net, x[test], batch=64, device=cfg["pretrain"]["device"])
+        prob = torch.sigmoid(torch.from_numpy(logits)).numpy()[:, 0]
+        return [{**_record("ct_nodule_segmentation", protocol, budget, seed, metric, {"nodule": value}),
+                 "curve": curve} for metric, value in segmentation_metrics(prob, y[test, 0].numpy()).items()]
+
+    jobs = [lambda p=p, k=k, seed=seed: run(p, k, seed) for p in task["protocols"]
+            for k in [None, *task.get("shots", [])] for seed in cfg["transfer"]["seeds"]]
+    return [r for records in _run_finetunes(cfg, jobs) for r in records]
 
 
 def summarize(records: list[dict]) -> dict:
@@ -397,4 +468,4 @@ def run_transfer(cfg: dict, method: str) -> pd.DataFrame:
         records += timed("ct_nodule_segmentation", ct_nodule_segmentation, cfg, method, ct)
     write_json({"method": method, "profile": cfg["profile"], "summary": summarize(records), "seconds": seconds,
                 "skipped": skipped_tasks(method, ct), **extra, "runs": records}, paths.metrics_file("transfer", method))
-    return pd.DataFrame(records).drop(columns=["per_class"])
+    return pd.DataFrame(records).drop(columns=["per_class", "curve"], errors="ignore")

@@ -35,7 +35,9 @@ def loss_curves(curve: pd.DataFrame, title: str) -> Figure:
             ax.legend(fontsize=7)
         ax.set(title=f"{title} ({dims})", xlabel="epoch", ylabel="loss")
     if not len(curve):
-        axes[0][0].text(0.5, 0.5, "no pretraining (random initialisation)", ha="center", va="center")
+        axes[0][0].axis("off")
+        axes[0][0].text(0.5, 0.5, "no pretraining (random initialisation)", ha="center", va="center",
+                        transform=axes[0][0].transAxes)
     return fig
 
 
