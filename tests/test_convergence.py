@@ -103,7 +103,7 @@ def test_stage_names_the_missing_transfer_metrics(tmp_path, monkeypatch):
 
 
 def test_section_renders_comparisons_without_a_test(tmp_path, monkeypatch):
-    """A comparison over one shared run has no CI and no p: JSON nulls render as n/a, never as an error."""
+    """A comparison over one shared run has no CI and no p: JSON nulls render as missing, never as an error."""
     monkeypatch.setenv("EDEN_ROOT", str(tmp_path))
     path = paths.metrics_file("claims", "convergence")
     path.parent.mkdir(parents=True)
@@ -112,4 +112,4 @@ def test_section_renders_comparisons_without_a_test(tmp_path, monkeypatch):
                                 "time": {"transvw": {"mean": 0.5, "std": None, "n": 1}},
                                 "convergence": {"transvw": untested}, "efficiency": {"transvw": untested}}))
     text = "\n".join(report.convergence_section())
-    assert "+0.100 [n/a, n/a]" in text and "| transvw | 0.500 +- 0.000 (1 runs) |" in text
+    assert "+0.100 [–, –]" in text and "| transvw | 0.500 (1 runs) |" in text

@@ -54,9 +54,10 @@ def benjamini_hochberg(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
 CORRECTIONS = {"holm": holm, "bh": benjamini_hochberg}
 
 
-def stars(p: float) -> str:
-    """``***`` p<0.001, ``**`` p<0.01, ``*`` p<0.05, ``n.s.`` otherwise, ``""`` for NaN."""
-    if np.isnan(p):
+def stars(p: float | None) -> str:
+    """``***`` p<0.001, ``**`` p<0.01, ``*`` p<0.05, ``n.s.`` otherwise, ``""`` for NaN or ``None`` (a metrics
+    file's null)."""
+    if p is None or np.isnan(p):
         return ""
     return next((s for level, s in STAR_LEVELS if p < level), "n.s.")
 

@@ -19,6 +19,7 @@ from eden_lib.reporting.tables import (
     GENESIS_METHODS,
     GENESIS_METRICS,
     GENESIS_TASKS,
+    MISSING,
     few_shot_table,
     format_comparison_table,
     genesis_table,
@@ -443,13 +444,9 @@ def claim_metrics(name: str) -> dict | None:
     return read_json(path) if path.is_file() else None
 
 
-def _finite(x: float | None) -> float:
-    """A metrics-file number (JSON null for NaN) as a float."""
-    return float("nan") if x is None else float(x)
-
-
 def _signed(x: float | None) -> str:
-    return "n/a" if not np.isfinite(_finite(x)) else f"{x:+.3f}"
+    """A signed difference, ``MISSING`` for a metrics file's null (NaN)."""
+    return MISSING if x is None else f"{x:+.3f}"
 
 
 def convergence_section() -> list[str]:
@@ -462,11 +459,11 @@ def convergence_section() -> list[str]:
     for name, t in m["time"].items():
         conv, eff = m["convergence"].get(name), m["efficiency"].get(name)
         row = {"method": name, f"time to {m['fraction']:.0%} (fraction of the run)":
-               "" if t["mean"] is None else f"{t['mean']:.3f} +- {t['std'] or 0:.3f} ({t['n']} runs)"}
+               f"{mean_std_cell(t['mean'], t['std'])} ({t['n']} runs)"}
         for label, c in ((f"time, method - {ref}", conv), (f"reduced-budget score, method - {ref}", eff)):
             row[label] = "" if c is None or not c["n"] else (
                 f"{_signed(c['diff'])} [{_signed(c['ci_low'])}, {_signed(c['ci_high'])}] "
-                f"{significance_stars(_finite(c.get('p_holm')))}")
+                f"{significance_stars(c.get('p_holm'))}")
         rows.append(row)
     return ["## Claim: faster convergence and annotation efficiency (TransVW)", "",
             "Every fine-tuning run of the transfer stage is validated at `transfer.finetune.evaluations` evenly spaced "

@@ -12,7 +12,8 @@ MISSING = "–"  # shown for NaN / not applicable
 
 
 def _is_nan(x: object) -> bool:
-    return isinstance(x, Real) and not isinstance(x, Integral) and math.isnan(float(x))
+    """NaN, or ``None`` (how a metrics file stores NaN)."""
+    return x is None or isinstance(x, Real) and not isinstance(x, Integral) and math.isnan(float(x))
 
 
 def mean_std_cell(mean: float, std: float, digits: int = 3) -> str:
@@ -31,7 +32,7 @@ def format_p(p: float, digits: int = 3) -> str:
 
 
 def _cell(x: object, float_fmt: str) -> str:
-    if _is_nan(x) or x is None or x is pd.NA:
+    if _is_nan(x) or x is pd.NA:
         return MISSING
     if isinstance(x, Real) and not isinstance(x, (bool, Integral)):
         return format(float(x), float_fmt)
