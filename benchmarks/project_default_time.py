@@ -63,13 +63,32 @@ def _site_label_counts(cfg: dict, method_cfg) -> tuple[int, ...]:
     return tuple(counts[s] for s in (getattr(method_cfg, "sites", ()) or counts))
 
 
-def time_steps(cfg: dict, name: str, steps: int, device: str = "cpu", amp: bool = False) -> dict[int, dict]:
+def time_batches(cfg: dict, method, dims: int, steps: int) -> float | None:
+    """Seconds per batch of the method's real batch factory (the pipeline's ``_batches``: indexing the memory-mapped
+    prepared data, resizing and cropping on the CPU), or None when that data has not been prepared here."""
+    import torch
+
+    from eden_lib.pipeline.pretrain import _batches
+
+    try:
+        factory = _batches(cfg, method, dims, steps)
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+    g = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    n = sum(1 for _ in factory(0, g))
+    return (time.perf_counter() - t0) / n if n else None
+
+
+def time_steps(cfg: dict, name: str, steps: int, device: str = "cpu", amp: bool = False,
+               data: bool = False) -> dict[int, dict]:
     """Per dimension of ``name``: seconds per pretraining step (after one warm-up step) on batches of the study's
-    shapes, with the samples and encoder passes a step takes and the steps the budget asks for.
+    shapes, with the samples and encoder passes a step takes and the steps the budget asks for; with ``data``, also
+    the seconds the real batch factory takes per batch (:func:`time_batches`), which the training loop waits for.
 
     Returns:
-        ``{dims: {"seconds_per_step", "batch_size", "passes_per_step", "total_steps"}}``; a method that does not
-        train has ``seconds_per_step`` 0.
+        ``{dims: {"seconds_per_step", "batch_size", "passes_per_step", "total_steps"[, "data_seconds_per_batch"]}}``;
+        a method that does not train has ``seconds_per_step`` 0.
     """
     import torch
 
@@ -83,7 +102,7 @@ def time_steps(cfg: dict, name: str, steps: int, device: str = "cpu", amp: bool 
     for dims in method_cfg.dims:
         n_labels = len(cfg["data"]["cxr"]["labels"]) if dims == 2 else 1
         sites = _site_label_counts(cfg, method_cfg) if method_class(name).data.get(dims) == "cxr_sites" else ()
-        method = method_class(name)(method_cfg, build_context(cfg, dims, n_labels, sites))
+        method = method_class(name)(method_cfg, build_context(cfg, dims, n_labels, sites, method=name))
         budget = cfg["pretrain"]["image_passes_2d" if dims == 2 else "volume_passes_3d"]
         epochs = cfg["pretrain"]["epochs"]
         if not method.trains:
@@ -119,6 +138,8 @@ def time_steps(cfg: dict, name: str, steps: int, device: str = "cpu", amp: bool 
             torch.cuda.synchronize()
         out[dims] = {"seconds_per_step": (time.perf_counter() - t0) / steps, "batch_size": method.cfg.batch_size,
                      "passes_per_step": method.cfg.batch_size * method.views, "total_steps": total_steps}
+        if data:
+            out[dims]["data_seconds_per_batch"] = time_batches(cfg, method, dims, steps)
     return out
 
 

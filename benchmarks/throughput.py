@@ -2,11 +2,13 @@
 
 Run: ``python benchmarks/throughput.py [--steps 10] [--profile synthetic]``. For each method and dimension it builds
 the method at the profile's sizes, times ``--steps`` optimiser steps after one warm-up step on batches of the study's
-shapes (data loading excluded: the study's batches come from memory-mapped tensors already in memory), and writes:
+shapes, and, where ``prepare`` has run, times the method's real batch factory over the prepared data (the work the
+training loop waits for between steps: indexing the memory-mapped cache, resizing, cropping). It writes:
 
 - ``reports/benchmarks/throughput.json``: the hardware, and per method and dimension the samples (images or volumes)
-  per second, the encoder passes per second (views included), seconds per step, and the projected pretraining time of
-  the profile's budget;
+  per second, the encoder passes per second (views included), seconds per step, the data seconds per batch and their
+  share of a step (data / (data + step): near 0 means the data pipeline does not starve the model), and the projected
+  pretraining time of the profile's budget;
 - ``reports/benchmarks.md``: the same as a table.
 """
 
@@ -51,13 +53,15 @@ def measure(cfg: dict, steps: int, device: str) -> list[dict]:
     for name in sorted(METHODS):
         if name == "external" or name not in cfg["methods"]:
             continue
-        for dims, t in time_steps(cfg, name, steps, device, amp=device == "cuda").items():
-            per_step = t["seconds_per_step"]
+        for dims, t in time_steps(cfg, name, steps, device, amp=device == "cuda", data=True).items():
+            per_step, data = t["seconds_per_step"], t.get("data_seconds_per_batch")
             rows.append({
                 "method": name, "dims": dims, "device": device, "batch_size": t["batch_size"],
                 "seconds_per_step": round(per_step, 4),
                 "samples_per_second": round(t["batch_size"] / per_step, 1) if per_step else None,
                 "passes_per_second": round(t["passes_per_step"] / per_step, 1) if per_step else None,
+                "data_seconds_per_batch": None if data is None else round(data, 5),
+                "data_share": round(data / (data + per_step), 3) if data is not None and per_step else None,
                 "projected_seconds": round(per_step * t["total_steps"], 1),
             })
             print(f"{name:18s} {dims}D {device}: {rows[-1]['samples_per_second']} samples/s", flush=True)
@@ -68,15 +72,19 @@ def markdown(result: dict) -> str:
     hw = result["hardware"]
     lines = ["# Pretraining throughput", "",
              f"Measured by `python benchmarks/throughput.py` (profile `{result['profile']}`, {result['steps']} timed "
-             f"steps after one warm-up, batches of the study's shapes, data loading excluded).", "",
+             f"steps after one warm-up on batches of the study's shapes; data: the real batch factory over the "
+             "prepared data, per batch, and its share of a step, data / (data + step)).", "",
              f"Hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']} with {hw['threads']} threads"
              + (f"; GPU {hw['gpu']} (bf16 autocast)" if "gpu" in hw else "; no GPU on this machine") + ".", "",
-             "| method | dims | device | batch | samples/s | encoder passes/s | s/step | projected pretraining s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | dims | device | batch | samples/s | encoder passes/s | s/step | data s/batch | data share "
+             "| projected pretraining s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        data = "" if r["data_seconds_per_batch"] is None else r["data_seconds_per_batch"]
+        share = "" if r["data_share"] is None else f"{r['data_share']:.1%}"
         lines.append(f"| {r['method']} | {r['dims']}D | {r['device']} | {r['batch_size']} | "
                      f"{r['samples_per_second'] or ''} | {r['passes_per_second'] or ''} | {r['seconds_per_step']} | "
-                     f"{r['projected_seconds']} |")
+                     f"{data} | {share} | {r['projected_seconds']} |")
     return "\n".join(lines) + "\n"
 
 

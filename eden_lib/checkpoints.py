@@ -4,23 +4,26 @@ Every file is written to a temporary name in the same folder and moved into plac
 mid-write leaves the previous checkpoint intact. Every read uses ``torch.load(weights_only=True)``: an untrusted
 pickle is never executed. Keras ``.h5`` files are read as data with h5py (:mod:`eden_lib.keras_h5`).
 
-Ark (``source="ark"``) loads what maps exactly: an Ark network of this study's backbones (ResNet, ConvNeXt), as this
-repository's Ark run writes it (``teacher.pt``, the engine's ``last.pt``) or as a file in the release's layout (bare
-backbone keys beside ``projector.*`` and ``omni_heads.*``). The released Ark / Ark+ weights are timm Swin
-Transformers (Swin-B, Swin-L): no model of this study has their key layout, so such a file is refused with that
-reason, never loaded in part. MONAI's ``SwinTransformer`` (2D) is close but not 1:1: besides other stage names
-(``layers1.0.blocks.*`` for ``layers.0.blocks.*``) it ends its last stage with a fourth patch merging that timm's
-Swin has not (so those weights would stay random and its pooled features are 16 x, not 8 x, the embedding width) and
-its final normalisation has no parameters where timm's ``norm.*`` has.
+Ark (``source="ark"``) loads what maps exactly: an Ark network of this study's backbones (ResNet, ConvNeXt, Swin), as
+this repository's Ark run writes it (``teacher.pt``, the engine's ``last.pt``) or as a file in the release's layout
+(bare backbone keys beside ``projector.*`` and ``omni_heads.*``). The released Ark / Ark+ weights are timm Swin
+Transformers (Swin-B, Swin-L; adam_ark.md 3.9): they load strictly into :class:`~eden_lib.models.swin.SwinEncoder`
+(``swin_b`` / ``swin_l``) or an Ark network built on it, through an explicit map of timm's names
+(:func:`timm_swin_name`: ``mlp.fc1`` / ``mlp.fc2`` -> ``mlp.linear1`` / ``mlp.linear2``, the ``attn_mask`` buffers
+dropped), timm >= 0.9's layout moved back to 0.5.4's (patch merging closing a stage, :func:`from_timm_v09`), and
+every ``relative_position_index`` buffer checked against the model's or, where the file has none (timm >= 0.9.6),
+filled from it (:func:`check_position_indices`). A plain timm Swin file without Ark's heads (e.g. ImageNet Swin-B)
+loads the same way with ``source="ark"``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -92,6 +95,19 @@ def save_weights(module: nn.Module, path: str | Path, **info: Any) -> Path:
     return save_atomic({"state_dict": state, "info": dict(info)}, path)
 
 
+def weights_info(path: str | Path) -> dict:
+    """The ``info`` of a :func:`save_weights` file (``{}`` if it has none), its tensors memory-mapped, not read."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    info = obj.get("info", {}) if isinstance(obj, dict) else {}
+    return dict(info) if isinstance(info, Mapping) else {}
+
+
 def load_weights(module: nn.Module, path: str | Path) -> dict:
     """Strictly load weights written by :func:`save_weights`; returns their ``info``."""
     ckpt = load_checkpoint(path)
@@ -110,10 +126,11 @@ _MOCO_KEY_NETWORK = "module.encoder_k."
 _MOCO_QUEUE = frozenset({"module.queue", "module.queue_ptr"})
 _MOCO_PROJECTOR = "module.encoder_q.fc."
 
-#: the ResNet and ConvNeXt stem convolutions under our names (bare encoder, U-Net): the only weights converted from
-#: RGB to grey
+#: the ResNet, ConvNeXt and Swin stem convolutions under our names (bare encoder, U-Net or Ark network): the only
+#: weights converted from RGB to grey
 RGB_INPUT_CONVS = frozenset(
-    {"conv1.weight", "encoder.conv1.weight", "downsample_layers.0.0.weight", "encoder.downsample_layers.0.0.weight"}
+    {"conv1.weight", "encoder.conv1.weight", "downsample_layers.0.0.weight", "encoder.downsample_layers.0.0.weight",
+     "patch_embed.proj.weight", "encoder.patch_embed.proj.weight"}
 )
 
 #: Adam-v2 entries that hold weights, in the order one is read: the EMA teacher wherever the file has one (the
@@ -140,8 +157,8 @@ ARK_ENTRIES = ("teacher", "state_dict", "model")
 _ARK_PARTS = ("projector.", "omni_heads.")
 #: never part of an Ark network: timm's unused classifier, and the student and step counter of an engine checkpoint
 _ARK_DROPPED = ("head.", "head_dist.", "student.", "steps_done")
-#: keys that only a timm Swin Transformer backbone has
-_TIMM_SWIN = ("patch_embed.proj.weight", "layers.0.blocks.0.attn.relative_position_bias_table")
+#: keys that only a Swin Transformer backbone has (timm's or :class:`~eden_lib.models.swin.SwinEncoder`)
+_SWIN = ("patch_embed.proj.weight", "layers.0.blocks.0.attn.relative_position_bias_table")
 
 #: the entry holding a layout's weights where that is not ``state_dict``: PyContrast files keep them under ``model``
 WEIGHTS_ENTRY = {"pycontrast": "model"}
@@ -213,17 +230,49 @@ def _swav(key: str, target: frozenset[str]) -> str | None:
     return None if key.startswith(_SWAV_HEADS) else _torchvision(key.removeprefix("module."), target)
 
 
+#: a Swin patch merging's key, after any prefix ending in "." (``module.``, ``encoder.``): group 1 is its stage
+_SWIN_DOWNSAMPLE = re.compile(r"(?:^|(?<=\.))layers\.(\d+)\.downsample\.")
+
+T = TypeVar("T")
+
+
+def timm_swin_name(key: str) -> str | None:
+    """A timm Swin key (prefixes kept) under :class:`~eden_lib.models.swin.SwinEncoder`'s names: ``mlp.fc1`` /
+    ``mlp.fc2`` -> ``mlp.linear1`` / ``mlp.linear2`` (MONAI's); ``None`` for the resolution-dependent ``attn_mask``
+    buffers (rebuilt in every forward pass). Keys of other networks pass unchanged (no ResNet or ConvNeXt key holds
+    ``.mlp.fc`` or ``attn_mask``)."""
+    if key.rsplit(".", 1)[-1] == "attn_mask":
+        return None
+    return key.replace(".mlp.fc1.", ".mlp.linear1.").replace(".mlp.fc2.", ".mlp.linear2.")
+
+
+def from_timm_v09(weights: Mapping[str, T]) -> dict[str, T]:
+    """Weights in timm >= 0.9's Swin layout, whose patch merging opens the *next* stage (``layers.{i+1}.downsample``,
+    none in stage 0), under timm 0.5.4's (``layers.{i}.downsample``, closing stage i); other layouts unchanged.
+
+    The layout is read from the whole key set: timm >= 0.9 when some ``layers.{i}.downsample.*`` key exists and none
+    of stage 0 (timm 0.5.4 always has stage 0's). The merging itself (neighbour order, norm, reduction) is the same in
+    both versions, so the weights move unchanged.
+    """
+    stages = {int(m.group(1)) for k in weights if (m := _SWIN_DOWNSAMPLE.search(k))}
+    if not stages or 0 in stages:
+        return dict(weights)
+    return {_SWIN_DOWNSAMPLE.sub(lambda m: f"layers.{int(m.group(1)) - 1}.downsample.", k): v
+            for k, v in weights.items()}
+
+
 def _ark_key(key: str) -> str:
     return key.removeprefix("module.").removeprefix("teacher.")
 
 
 def _ark(key: str, target: frozenset[str]) -> str | None:
     """Ark: ``module.`` (DataParallel) and ``teacher.`` (this study's engine checkpoint) stripped; timm's ``head.*`` /
-    ``head_dist.*`` and an engine checkpoint's ``student.*`` / ``steps_done`` dropped. Into a network with a
-    projector (:class:`~eden_lib.methods.ark.ArkNetwork`) the backbone goes under ``encoder.`` and ``projector.*`` /
+    ``head_dist.*`` and an engine checkpoint's ``student.*`` / ``steps_done`` dropped; a timm Swin's names mapped by
+    :func:`timm_swin_name` (its ``attn_mask`` buffers dropped). Into a network with a projector
+    (:class:`~eden_lib.methods.ark.ArkNetwork`) the backbone goes under ``encoder.`` and ``projector.*`` /
     ``omni_heads.*`` are kept; into a bare encoder those are dropped and the backbone keys are its own."""
-    key = _ark_key(key)
-    if key.startswith(_ARK_DROPPED):
+    key = timm_swin_name(_ark_key(key))
+    if key is None or key.startswith(_ARK_DROPPED):
         return None
     network = any(k.startswith(_ARK_PARTS) for k in target)
     if key.startswith(_ARK_PARTS):
@@ -297,7 +346,7 @@ KEY_MAPS: dict[str, KeyMap] = {
     # "module." and / or "classficationNet."; into a YNet3D strictly, into a UNet3D without the clc_out head
     "transvw": _transvw,
     # Ark: a teacher with projector.* and omni_heads.* (bare, or under teacher / state_dict / model), into an
-    # ArkNetwork or its bare encoder; timm Swin files are refused (module docstring)
+    # ArkNetwork or its bare encoder; the released timm Swin files into a SwinEncoder (module docstring)
     "ark": _ark,
     # a Keras .h5 (eden_lib.keras_h5 names its weights ours): into a UNet3D / YNet3D built with upsample="nearest"
     # (and head="keras" for TransVW / SG files); the clc_out head as for "transvw"
@@ -430,6 +479,28 @@ def fill_batch_counters(state: dict[str, torch.Tensor], own: Mapping[str, torch.
     return filled
 
 
+def check_position_indices(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor], source: str) -> list[str]:
+    """In place: a Swin model's ``relative_position_index`` buffers (fixed by the window size) checked or filled;
+    returns the filled keys.
+
+    Where the file has the buffer it must equal the model's: another window size or index convention would give every
+    relative-position bias another meaning. Where it has none (timm >= 0.9.6 does not save it), the model's is used.
+
+    Raises:
+        CheckpointError: a buffer that differs, named.
+    """
+    filled = []
+    for key in sorted(k for k in own if k.endswith("relative_position_index")):
+        if key not in state:
+            state[key] = own[key].clone()
+            filled.append(key)
+        elif tuple(state[key].shape) != tuple(own[key].shape) or not torch.equal(state[key].long(), own[key].long()):
+            raise CheckpointError(f"{source}: {key} (shape {tuple(state[key].shape)}) differs from the model's "
+                                  f"(shape {tuple(own[key].shape)}): the file was built for another window size or "
+                                  f"index convention")
+    return filled
+
+
 def _read_keras_h5(path: Path, model: nn.Module, own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The ``.h5`` weights under our names; refused up front for a model with ``up_conv`` weights to fill."""
     up_convs = sorted(k for k in own if ".up_conv." in k)
@@ -445,19 +516,24 @@ def _read_keras_h5(path: Path, model: nn.Module, own: Mapping[str, torch.Tensor]
         raise CheckpointError(str(exc)) from exc
 
 
-def _source_weights(ckpt: Mapping[str, Any], source: str, path: Path) -> tuple[str | None, Mapping[str, Any]]:
-    """The entry holding the weights (``None`` for ``state_dict`` or the dict itself) and those weights."""
+def _source_weights(ckpt: Mapping[str, Any], source: str, path: Path,
+                    target: frozenset[str]) -> tuple[str | None, Mapping[str, Any]]:
+    """The entry holding the weights (``None`` for ``state_dict`` or the dict itself) and those weights; for ``ark``
+    a Swin backbone in timm >= 0.9's layout comes back in 0.5.4's (:func:`from_timm_v09`), and one aimed at a model
+    without a Swin backbone (``target``: its keys) is refused, saying what to build."""
     if source == "ark":
         entry = _ark_entry(ckpt)
         weights = ckpt if entry is None else ckpt[entry]
-        swin = sorted({_ark_key(str(k)) for k in weights} & set(_TIMM_SWIN))
-        if swin:
+        swin = sorted({_ark_key(str(k)) for k in weights} & set(_SWIN))
+        if not swin:
+            return entry, weights
+        if not any(k.removeprefix("encoder.") in _SWIN for k in target):
             raise CheckpointError(
-                f"{path} (ark layout) holds a timm Swin Transformer backbone ({swin[0]}, ...): no model of this study "
-                f"has its key layout (MONAI's SwinTransformer adds a fourth patch merging and lacks the final norm), "
-                f"so it cannot be loaded strictly; load it into timm 0.5.4's swin_base_patch4_window7_224 instead"
+                f"{path} (ark layout) holds a Swin Transformer backbone ({swin[0]}, ...) and the model has none; "
+                f"build its 2D encoder as the release's Swin (backbone swin_b for Ark's Swin-B, swin_l for Ark+'s "
+                f"Swin-L: methods.ark.backbone_2d, eden_lib/models/swin.py)"
             )
-        return entry, weights
+        return entry, from_timm_v09(weights)
     if source != "adam_v2":
         return _plain_weights(ckpt, source)
     entry = _adam_v2_entry(ckpt)
@@ -473,8 +549,9 @@ def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") ->
     """Load a released or Eden checkpoint into ``model`` strictly, mapping its key layout.
 
     After the key map (:data:`KEY_MAPS`), RGB stem weights are summed to one channel for a one-channel model
-    (:func:`rgb_to_gray`) and absent pre-0.4.1 batch counters are zeroed (:func:`fill_batch_counters`).
-    A Keras ``.h5`` (``source="keras_h5"``, or ``"auto"`` and :func:`~eden_lib.keras_h5.is_keras_h5`) is read with
+    (:func:`rgb_to_gray`), absent pre-0.4.1 batch counters are zeroed (:func:`fill_batch_counters`) and a Swin's
+    relative-position indices are checked or filled (:func:`check_position_indices`). A Keras ``.h5``
+    (``source="keras_h5"``, or ``"auto"`` and :func:`~eden_lib.keras_h5.is_keras_h5`) is read with
     :func:`~eden_lib.keras_h5.load_keras_h5`, only into a model without ``up_conv`` weights
     (``upsample="nearest"``), and the model's batch norms then get Keras's eps 1e-3
     (:func:`~eden_lib.keras_h5.set_bn_eps`).
@@ -488,8 +565,8 @@ def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") ->
     backbone, :data:`ADAM_V2_ENTRIES`, into a ResNetEncoder or a ConvNeXtEncoder, the ConvNeXt's final ``norm``
     included, which Adam-v2's fine-tuning code leaves out); ``dira_unet``, ``dira_moco_wrapper``,
     ``dira_discriminator`` (DiRA / CAiD); ``ark`` (an Ark network of this study's backbones, :data:`ARK_ENTRIES`,
-    into an :class:`~eden_lib.methods.ark.ArkNetwork` or its bare encoder; timm Swin files are refused, see the
-    module docstring).
+    into an :class:`~eden_lib.methods.ark.ArkNetwork` or its bare encoder; the released timm Swin files into a
+    :class:`~eden_lib.models.swin.SwinEncoder`, see the module docstring).
 
     Args:
         path: the checkpoint file (read with ``weights_only=True``; never unpickles code).
@@ -497,7 +574,8 @@ def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") ->
         source: a key of :data:`KEY_MAPS`, or ``"auto"`` to detect it (:func:`detect_source`).
 
     Returns:
-        ``{"source": ..., "keys": n loaded from the file, "converted": [rgb_to_gray keys], "filled": [counters],
+        ``{"source": ..., "keys": n loaded from the file, "converted": [rgb_to_gray keys], "filled": [counters and
+        position indices taken from the model],
         "dropped": [the file's keys the key map left out, sorted; for keras_h5 under our names]}``, ``"bn_eps"``
         for ``keras_h5`` and ``"entry"`` (the entry read: teacher, model or student) for ``adam_v2``, ``ark`` (the
         entry of :data:`ARK_ENTRIES`, absent for a bare state dict) and ``pycontrast`` (``model``, where the file has
@@ -515,7 +593,7 @@ def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") ->
             source = detect_source(ckpt)
         if source not in KEY_MAPS:
             raise CheckpointError(f"unknown checkpoint source {source!r}; known: {sorted(KEY_MAPS)}")
-        entry, state = _source_weights(ckpt, source, path)
+        entry, state = _source_weights(ckpt, source, path, frozenset(own))
     mapping, target = KEY_MAPS[source], frozenset(own)
     mapped, dropped = {}, []
     for key, value in state.items():
@@ -526,7 +604,7 @@ def load_pretrained(path: str | Path, model: nn.Module, source: str = "auto") ->
             mapped[new] = value
     n_loaded = len(mapped)
     converted = rgb_to_gray(mapped, own)
-    filled = fill_batch_counters(mapped, own)
+    filled = fill_batch_counters(mapped, own) + check_position_indices(mapped, own, f"{path} ({source} layout)")
     try:
         load_state_dict_strict(model, mapped, f"{path} ({source} layout)")
     except CheckpointError as exc:

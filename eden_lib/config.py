@@ -371,9 +371,13 @@ def load_params(
 
     check_sites(cfg)
     from eden_lib.pipeline.anatomy import check_anatomy
+    from eden_lib.pipeline.domain_transfer import check_domain_transfer
+    from eden_lib.pipeline.localisation import check_localisation
 
     try:
         check_anatomy(cfg["anatomy"])
+        check_localisation(cfg["claims"]["localisation"])
+        check_domain_transfer(cfg["claims"]["domain_transfer"])
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     if validate_methods:

@@ -53,7 +53,8 @@ def run_jobs(jobs: Sequence[Callable[[], T]], workers: int, device: str = "cpu")
         whatever a job raised (re-raised here with the worker's traceback attached).
     """
     global _JOBS
-    if workers <= 1 or len(jobs) <= 1 or select_device(device).type != "cpu" or "fork" not in multiprocessing.get_all_start_methods():
+    forkable = "fork" in multiprocessing.get_all_start_methods()
+    if workers <= 1 or len(jobs) <= 1 or select_device(device).type != "cpu" or not forkable:
         with single_thread():
             return [job() for job in jobs]
     _JOBS = jobs

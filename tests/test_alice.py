@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from eden_lib.engine import TrainConfig, fit
 from eden_lib.losses.token_distillation import TokenDistillationLoss
 from eden_lib.methods import networks
-from eden_lib.methods.alice import Alice, AliceConfig, column_mask, cosine_schedule, unet3d_features
+from eden_lib.methods.alice import Alice, AliceConfig, column_mask, cosine_schedule
 from eden_lib.methods.base import BuildContext, MethodConfigError, parse_config
 from eden_lib.methods.branches.casa import CASA
 from eden_lib.models.unet3d import UNet3D
@@ -110,7 +110,7 @@ def test_step_losses_teacher_out_of_backprop_and_unmasked_reconstruction_target(
     masked, mask = method.student_inputs(views, torch.Generator().manual_seed(1))
     assert torch.equal(masked, views.masked_fill(mask, 0)) and mask.float().mean() == 0.75
     with torch.no_grad():
-        reconstruction = unet3d_features(method.student.unet, masked)[2]
+        reconstruction = method.student.unet.encode_decode(masked)[2]
     assert out["loss_rec"].item() == pytest.approx(F.mse_loss(reconstruction, views).item(), rel=1e-5)
 
 

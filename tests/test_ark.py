@@ -311,7 +311,7 @@ def test_this_repositorys_ark_outputs_load_through_the_ark_source(tmp_path):
     assert load_pretrained(tmp_path / "last.pt", _net(3))["source"] == "ark"  # detected: teacher.omni_heads.*
 
 
-def test_broken_or_swin_ark_files_fail_naming_the_problem(tmp_path):
+def test_broken_ark_files_and_swin_files_into_a_resnet_fail_naming_the_problem(tmp_path):
     state = _release_layout(_net(0))
     del state["layer1.0.conv1.weight"]
     save_atomic({"teacher": state}, tmp_path / "broken.pth.tar")
@@ -321,5 +321,5 @@ def test_broken_or_swin_ark_files_fail_naming_the_problem(tmp_path):
             "layers.0.blocks.0.attn.relative_position_bias_table": torch.zeros(169, 4),
             "projector.0.weight": torch.zeros(1376, 1024), "omni_heads.0.weight": torch.zeros(14, 1376)}
     save_atomic(swin, tmp_path / "ark6_teacher_ep200_swinb_projector1376_mlp.pth.tar")
-    with pytest.raises(CheckpointError, match="timm Swin Transformer"):
+    with pytest.raises(CheckpointError, match="holds a Swin Transformer backbone .* the model has none; .* swin_b"):
         load_pretrained(tmp_path / "ark6_teacher_ep200_swinb_projector1376_mlp.pth.tar", _net(1))

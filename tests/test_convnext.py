@@ -124,7 +124,7 @@ def test_registry_builds_both_families_and_names_every_choice():
     with torch.device("meta"):
         base = build_backbone_2d({"name": "convnext_base", "widths": list(BASE)})
     assert isinstance(base, ConvNeXtEncoder) and base.out_dim == 1024 and base.downsample_layers[0][0].in_channels == 1
-    assert set(BACKBONES_2D) == {"resnet18", "resnet34", "resnet50", *CONVNEXTS}
+    assert set(BACKBONES_2D) == {"resnet18", "resnet34", "resnet50", *CONVNEXTS, "swin_b", "swin_l"}
     with pytest.raises(ValueError, match="unknown 2D backbone 'vit_b'; allowed: ") as err:
         build_backbone_2d({"name": "vit_b", "widths": [8, 8, 16, 16]})
     assert all(repr(name) in str(err.value) for name in BACKBONES_2D)

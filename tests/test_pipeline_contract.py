@@ -28,6 +28,9 @@ STAGE_NOTEBOOK = {
     "separability": "72_separability",
     "genesis_dims": "73_genesis_dims",
     "convergence": "74_convergence",
+    "localisation": "75_localisation",
+    "natural_source": "15_natural_source",
+    "domain_transfer": "76_domain_transfer",
     "report": "90_report",
 }
 
@@ -43,7 +46,8 @@ def test_dvc_lists_exactly_the_stages_the_config_resolves():
         methods = load_params(profile=profile, validate_methods=False)["active_methods"]
         expected = ["prepare", "anatomy", "self_discovery", *(f"pretrain@{m}" for m in methods),
                     *(f"transfer@{m}" for m in methods), "embedding", "bias", "froc", "ark_sites", "interpolation",
-                    "separability", "genesis_dims", "convergence", "report"]
+                    "separability", "genesis_dims", "convergence", "localisation", "natural_source",
+                    "domain_transfer", "report"]
         assert sorted(out) == sorted(expected), profile
 
 

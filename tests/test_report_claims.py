@@ -22,7 +22,7 @@ def _ci(mean):
 def test_claim_sections_are_empty_without_metrics(tmp_path, monkeypatch):
     monkeypatch.setenv("EDEN_ROOT", str(tmp_path))
     for section in (report.ark_sites_section, report.interpolation_section, report.separability_section,
-                    report.genesis_dims_section, report.anatomy_lines):
+                    report.genesis_dims_section, report.localisation_section, report.anatomy_lines):
         assert section() == []
 
 
@@ -42,7 +42,12 @@ def test_claim_sections_render_tables_verdicts_and_figures(tmp_path, monkeypatch
     _write("claims", "separability", {"method": "caid", "base": "moco_v2", "n_images": 20, "sentence": "SEP.",
                                       "separability": {"caid": {"mean": 0.1, "median": 0.09, "quartiles": [0.05, 0.2]}},
                                       "separability_tests": {"caid - moco_v2": test},
-                                      "reuse": {"caid": [stage] * 5}, "reuse_test": test})
+                                      "reuse": {"caid": [stage] * 5}, "reuse_test": test, "ablation": {
+                                          "freeze_stages": [0, 2], "seeds": [0, 1, 2], "k0_max_abs_diff": 0.0,
+                                          "auc": {"caid": {"0": {**_ci(0.7), "std": 0.02}, "2": {**_ci(0.66),
+                                                                                                 "std": None}}},
+                                          "drop": {"caid": {"2": {**_ci(0.04), "ci_high": None}}},
+                                          "tests": {"2": {**test, "n": 3, "p_holm": 0.008}}}})
     _write("claims", "genesis_dims", {"methods": ["models_genesis"], "slice_size": 32, "seg_epochs": 1,
                                       "sentence": "DIMS.", "comparisons": [
                                           {"task": "ct_nodule_classification", "budget": "1",
@@ -53,7 +58,42 @@ def test_claim_sections_render_tables_verdicts_and_figures(tmp_path, monkeypatch
                      + report.genesis_dims_section())
     for expected in ("ARK VERDICT.", "INTERP.", "SEP.", "DIMS.", "figures/claims/ark_sites.png",
                      "figures/claims/interpolation.png", "figures/claims/separability.png",
-                     "figures/claims/genesis_dims.png", "0.550 [0.540, 0.560]", "+0.050 *", "0.900 [0.850, 0.950]"):
+                     "figures/claims/genesis_dims.png", "0.550 [0.540, 0.560]", "+0.050 *", "0.900 [0.850, 0.950]",
+                     "| caid | 0.700 ± 0.020 [0.690, 0.710] | 0.660 [0.650, 0.670] | +0.040 |",
+                     "- k = 2: drop of `caid` minus drop of `moco_v2` +0.020 [+0.010, +0.030], paired t over 3 seeds, "
+                     "Holm p = 0.008 **", "max |ΔAUC| = 0"):
+        assert expected in text, expected
+
+
+def test_localisation_section_renders_scores_controls_tests_and_verdict(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDEN_ROOT", str(tmp_path))
+    test = {"diff": 0.1, "ci_low": 0.05, "ci_high": 0.15, "p": 0.002}
+    null = {"diff": 0.0, "ci_low": -0.05, "ci_high": 0.05, "p": 0.9}
+
+    def score(mean):
+        per = {"pointing": _ci(mean), "iou": _ci(mean / 2)}
+        return {**per, "per_finding": {"Mass": per}}
+
+    _write("claims", "localisation", {
+        "method": "dira", "base": "moco_v2", "methods": ["moco_v2", "dira"], "stage": 4, "threshold": 0.5,
+        "tolerance": 0, "image_size": 64, "floor": "random map", "control": "prior (no image)", "n_boxes": 12,
+        "n_images": 10, "boxes_per_finding": {"Mass": 12},
+        "dropped": {"not a prepared test image": 2, "finding not in data.cxr.labels": {"Infiltration": 3}},
+        "test_auc": {"dira": {"mean": 0.8, "std": 0.01, "n": 3}, "moco_v2": {"mean": 0.78, "std": 0.02, "n": 3}},
+        "scores": {"moco_v2": score(0.4), "dira": score(0.5), "random map": score(0.25),
+                   "prior (no image)": score(0.45)},
+        "controls": {"moco_v2": {"random": {"pointing": test, "iou": test}, "prior": {"pointing": null, "iou": null}},
+                     "dira": {"random": {"pointing": test, "iou": test}, "prior": {"pointing": test, "iou": null}}},
+        "claim_tests": {"dira - moco_v2": {"pointing": test, "iou": null}}, "sentence": "LOC VERDICT."})
+    text = "\n".join(report.localisation_section())
+    for expected in ("## Claim: lesion localisation from image-level labels (DiRA)", "LOC VERDICT.",
+                     "figures/claims/localisation.png", "| dira | 0.500 [0.490, 0.510] | 0.250 [0.240, 0.260] | 0.800",
+                     "| random map | 0.250 [0.240, 0.260]", "12 boxes of 10 test images",
+                     "floor `random map` on the pointing game (paired bootstrap CI above 0): `moco_v2`, `dira`.",
+                     "control `prior (no image)` on the pointing game (paired bootstrap CI above 0): `dira`.",
+                     "- `dira - moco_v2`: pointing game +0.100 [+0.050, +0.150], p = 0.002; mean IoU +0.000",
+                     "2 not on a prepared test image, 3 of findings the classifier does not have (Infiltration)",
+                     "| dira | pointing | 0.500 [0.490, 0.510] |"):
         assert expected in text, expected
 
 

@@ -25,3 +25,25 @@ def test_throughput_table_covers_every_registered_method(tmp_path, monkeypatch):
     assert saved["hardware"]["cores"] >= 1 and saved["rows"] == result["rows"]
     table = (tmp_path / "reports" / "benchmarks.md").read_text()
     assert all(f"| {m} |" in table for m in measured) and "Hardware:" in table
+
+
+def test_data_time_is_measured_on_the_prepared_data_and_absent_without_it(tmp_path, monkeypatch):
+    import numpy as np
+    import pandas as pd
+
+    from eden_lib import paths
+    from eden_lib.config import load_params
+    from eden_lib.data.prepared import write_cxr
+    from eden_lib.methods import build_method
+    from eden_lib.pipeline.pretrain import build_context
+    from project_default_time import time_batches
+
+    cfg = load_params(profile="smoke")
+    monkeypatch.setenv("EDEN_ROOT", str(tmp_path))
+    method = build_method("supervised", {**cfg["methods"]["supervised"], "batch_size": 4}, build_context(cfg, 2, 7))
+    assert time_batches(cfg, method, 2, steps=3) is None  # nothing prepared here
+    n = 12
+    write_cxr(paths.prepared_dir("cxr"), np.full((n, 32, 32), 7, np.uint8), np.zeros((n, 32, 32)),
+              np.zeros((n, 3, 2)), np.zeros((n, 7)), pd.DataFrame({"patient_id": range(n), "split": ["train"] * n}), {})
+    seconds = time_batches(cfg, method, 2, steps=3)
+    assert seconds is not None and seconds > 0

@@ -72,6 +72,23 @@ NOTEBOOKS: dict[str, tuple[str, str, list[str]]] = {
             "timer.write(train_seconds=curve[\"seconds\"].sum())  # summed over epochs, also across resumes",
         ],
     ),
+    "15_natural_source": (
+        "# The natural-image source models (BTL's domain-transfer claim)\n\nSynthNatural: RGB shapes (the label) on "
+        "textured backgrounds, a stand-in for ImageNet. `supervised` (shape classes) and `moco_v2` pretrained on it "
+        "with the study's methods and engine on a three-channel copy of the study's 2D encoder, saved in the "
+        "torchvision and MoCo release layouts under `data/natural/` and read back through `load_pretrained`. Reads "
+        "params: `seed`, `data`, `pretrain`, `methods.supervised`, `methods.moco_v2`, `claims.domain_transfer.source`.",
+        "profile = None  # None: the profile named in params.yaml",
+        [
+            SETUP.format(timer='"natural_source"'),
+            "import pandas as pd\n\nfrom eden_lib.pipeline.natural_source import run_natural_source\n\nmetrics = "
+            "run_natural_source(cfg)\nprint(\"random-encoder probe accuracy:\", "
+            "metrics[\"probe_accuracy_random_encoder\"])\npd.DataFrame(metrics[\"models\"]).T",
+            "from IPython.display import Image\n\nfrom eden_lib import paths\n\n"
+            "Image(filename=str(paths.figures_dir(\"natural_source\") / \"samples.png\"))",
+            "timer.write()",
+        ],
+    ),
     "20_transfer": (
         "# Transfer one method\n\nEvery downstream task x protocol x label budget x seed for `method`: linear probes "
         "on frozen features (extracted once to `data/features/<method>.npz`) and full fine-tuning. Reads params: "
@@ -183,9 +200,11 @@ NOTEBOOKS: dict[str, tuple[str, str, list[str]]] = {
     ),
     "72_separability": (
         "# CAiD: separability and feature reuse?\n\nPairwise cosine distances between the frozen features of test "
-        "radiographs for every 2D method (CAiD against its base and scratch), and the linear CKA between pretrained and "
-        "fine-tuned features per backbone stage (`claims.separability.reuse_methods`). Reads params: `seed`, `data`, "
-        "`pretrain`, `transfer`, `tasks`, `claims.separability`, `active_methods`.",
+        "radiographs for every 2D method (CAiD against its base and scratch), the linear CKA between pretrained and "
+        "fine-tuned features per backbone stage (`claims.separability.reuse_methods`), and the transfer ablation: "
+        "test AUC of CXR fine-tuning with the first k backbone stages frozen (`claims.separability.freeze_stages`; "
+        "k = 0 from the transfer stage's metrics). Reads params: `seed`, `data`, `pretrain`, `transfer`, `tasks`, "
+        "`claims.separability`, `active_methods`.",
         "profile = None  # None: the profile named in params.yaml",
         [
             SETUP.format(timer='"separability"'),
@@ -227,6 +246,42 @@ NOTEBOOKS: dict[str, tuple[str, str, list[str]]] = {
             "from IPython.display import Image, display\n\nfrom eden_lib import paths\n\n"
             "display(Image(filename=str(paths.figures_dir(\"claims\") / \"convergence.png\")))\n"
             "Image(filename=str(paths.figures_dir(\"claims\") / \"convergence_budgets.png\"))",
+            "timer.write()",
+        ],
+    ),
+    "75_localisation": (
+        "# DiRA: lesion localisation from image-level labels?\n\nEach method of `claims.localisation.methods` is "
+        "fine-tuned on CXR classification as the transfer stage does (every `transfer.seeds`); the Grad-CAM map of "
+        "each finding is scored against the ChestX-ray14 bounding boxes (`BBox_List_2017.csv`) of the test images: "
+        "pointing game and IoU, 95 % bootstrap CIs over boxes, a random-map floor and an image-free prior; DiRA "
+        "against its base and scratch, paired over boxes. Reads params: `seed`, `data`, `pretrain`, `transfer`, "
+        "`tasks`, `claims.localisation`, `active_methods`.",
+        "profile = None  # None: the profile named in params.yaml",
+        [
+            SETUP.format(timer='"localisation"'),
+            "import pandas as pd\n\nfrom eden_lib.pipeline.localisation import run_localisation\n\nmetrics = "
+            "run_localisation(cfg)\nprint(metrics[\"sentence\"])\npd.DataFrame({name: {score: s[score][\"mean\"] for "
+            "score in (\"pointing\", \"iou\")} for name, s in metrics[\"scores\"].items()}).T",
+            "from IPython.display import Image\n\nfrom eden_lib import paths\n\n"
+            "Image(filename=str(paths.figures_dir(\"claims\") / \"localisation.png\"))",
+            "timer.write()",
+        ],
+    ),
+    "76_domain_transfer": (
+        "# BTL: does continual pretraining bridge the domain gap?\n\nThe natural source models (stage "
+        "`natural_source`) loaded through `load_pretrained` into the study encoder and transferred to CXR "
+        "classification directly and after continual pretraining on SynthCXR with their own method, beside `scratch` "
+        "(floor) and the in-domain `supervised` model (ceiling) of the transfer stage; fine-tuning over the transfer "
+        "seeds and linear probes, paired over seeds, Holm-corrected. Reads params: `seed`, `data`, `pretrain`, "
+        "`methods.supervised`, `methods.moco_v2`, `transfer`, `tasks`, `claims.domain_transfer`, `active_methods`.",
+        "profile = None  # None: the profile named in params.yaml",
+        [
+            SETUP.format(timer='"domain_transfer"'),
+            "import pandas as pd\n\nfrom eden_lib.pipeline.domain_transfer import run_domain_transfer\n\nmetrics = "
+            "run_domain_transfer(cfg)\nprint(metrics[\"sentence\"])\n"
+            "pd.DataFrame(metrics[\"comparisons\"][metrics[\"primary\"]])",
+            "from IPython.display import Image\n\nfrom eden_lib import paths\n\n"
+            "Image(filename=str(paths.figures_dir(\"claims\") / \"domain_transfer.png\"))",
             "timer.write()",
         ],
     ),

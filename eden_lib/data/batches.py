@@ -75,6 +75,27 @@ def render_batches(
     return factory
 
 
+def colour_batches(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, steps: int, size: int | None = None
+) -> BatchFactory:
+    """Multi-channel images (N, C, R, R) uint8 with float labels (N, K) -> ``image`` (B, C, size, size) float32 in
+    [0, 1], random resized crops as :func:`cxr_batches` (``size`` ``None``: the whole images, as
+    :func:`render_batches`, for methods that draw their own views) and ``label`` (B, K) float32 (e.g. the RGB
+    SynthNatural source, :mod:`eden_lib.data.synth_natural`)."""
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+
+    def factory(epoch: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        for rows in _permuted_batches(len(images), batch_size, steps, generator):
+            x = torch.from_numpy(np.asarray(images[rows], dtype=np.float32) / 255.0)
+            yield {
+                "image": x if size is None else random_resized_crop(x, size, generator),
+                "label": torch.from_numpy(np.asarray(labels[rows], dtype=np.float32)),
+            }
+
+    return factory
+
+
 def site_steps(sizes: Sequence[int], steps: int, multiple: int = 1) -> list[int]:
     """Split an epoch's ``steps`` over sites in proportion to their sizes (Ark's turn is one pass over a data set),
     largest remainders first, each site with rows at least one step; every count is then rounded up to a multiple

@@ -2,10 +2,11 @@
 
 Layout (``reference/dataset_formats.md`` §1): PNGs named ``{patient:08d}_{follow_up:03d}.png`` in a flat
 ``images/`` folder (NIH Box) or nested ``images_001/images/`` folders (Kaggle), ``Data_Entry_2017_v2020.csv``
-(or the Kaggle ``Data_Entry_2017.csv``) with one row per image, and the patient-disjoint ``train_val_list.txt``
-and ``test_list.txt``. Synthetic data adds sidecars NIH does not have, under ``synth/``: mask bitfields
-(``synth/masks/<Image Index>``), ``synth/landmarks.csv`` (``image_index, landmark, x, y``) and ``synth/meta.csv``
-(``image_index, site``). Real NIH data simply has no ``synth/`` folder.
+(or the Kaggle ``Data_Entry_2017.csv``) with one row per image, the patient-disjoint ``train_val_list.txt`` and
+``test_list.txt``, and ``BBox_List_2017.csv`` (finding boxes of test images, :func:`read_bbox_list`). Synthetic
+data adds sidecars NIH does not have, under ``synth/``: mask bitfields (``synth/masks/<Image Index>``),
+``synth/landmarks.csv`` (``image_index, landmark, x, y``) and ``synth/meta.csv`` (``image_index, site``). Real NIH
+data simply has no ``synth/`` folder.
 
 Labels are the 14 official findings (``NIH14``, the order of the JLiang Lab list files); ``No Finding`` is all
 zeros; a row whose ``Finding Labels`` cell is empty is unknown (NaN).
@@ -55,6 +56,12 @@ DATA_ENTRY_HEADER = (
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
 )
 SPLIT_FILES = {"train_val": "train_val_list.txt", "test": "test_list.txt"}
+BBOX_LIST = "BBox_List_2017.csv"
+BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+"""The real header: 9 fields, while every data row has 6 (``file,label,x,y,w,h``)."""
+BBOX_COLUMNS = ["Image Index", "Finding Label", "x", "y", "w", "h"]
+BBOX_SPELLINGS = {"Infiltrate": "Infiltration"}
+"""Box labels spelled otherwise than in ``Data_Entry_2017*.csv`` (the real file writes ``Infiltrate``)."""
 _COLUMNS = {
     "Image Index": "image_index",
     "Finding Labels": "finding_labels",
@@ -69,7 +76,8 @@ _COLUMNS = {
 def write_chestxray14(root: Path, synth: "SynthCXR", test_fraction: float, seed: int) -> None:
     """Write ``synth`` in the NIH Box layout under ``root`` (8-bit grayscale PNGs, CSV, split lists, sidecars).
 
-    The test split holds ``round(test_fraction * n_patients)`` whole patients, drawn with ``seed``.
+    The test split holds ``round(test_fraction * n_patients)`` whole patients, drawn with ``seed``. Finding boxes
+    (``synth.boxes``) go to ``BBox_List_2017.csv`` for the test images only, as in the real release.
     """
     from eden_lib.data.synth_cxr import FINDINGS, LANDMARKS
 
@@ -108,6 +116,7 @@ def write_chestxray14(root: Path, synth: "SynthCXR", test_fraction: float, seed:
     is_test = meta["patient_id"].isin(test_patients).to_numpy()
     for split, mask in (("test", is_test), ("train_val", ~is_test)):
         (root / SPLIT_FILES[split]).write_text("".join(f"{name}\n" for name in meta["image_index"][mask]))
+    write_bbox_list(root / BBOX_LIST, synth.boxes[synth.boxes["image_index"].isin(set(meta["image_index"][is_test]))])
 
     lm = pd.DataFrame({
         "image_index": np.repeat(names, len(LANDMARKS)),
@@ -117,6 +126,74 @@ def write_chestxray14(root: Path, synth: "SynthCXR", test_fraction: float, seed:
     })
     lm.to_csv(root / "synth" / "landmarks.csv", index=False, float_format="%.4f")
     meta[["image_index", "site"]].to_csv(root / "synth" / "meta.csv", index=False)
+
+
+def write_bbox_list(path: Path, boxes: pd.DataFrame) -> None:
+    """Write ``boxes`` (``image_index, finding, x, y, w, h``; pixels of the stored PNG) as ``BBox_List_2017.csv``: the
+    9-field header, then one 6-field row ``file,label,x,y,w,h`` per box with float coordinates."""
+    with open(path, "w", newline="") as fh:
+        fh.write(BBOX_HEADER + "\n")
+        w = csv.writer(fh, lineterminator="\n")
+        for row in boxes.itertuples(index=False):
+            w.writerow([row.image_index, row.finding, *(repr(float(getattr(row, k))) for k in "xywh")])
+
+
+def read_bbox_list(path: Path | str) -> pd.DataFrame:
+    """Read a ``BBox_List_2017.csv`` into columns ``Image Index, Finding Label, x, y, w, h`` (one row per box, file
+    order; float pixels of the stored PNG, ``(x, y)`` the top-left corner).
+
+    Accepts the real file's quirks: the header ``Image Index,Finding Label,Bbox [x,y,w,h],,,`` (9 fields over 6-field
+    rows; a header naming ``x,y,w,h`` is accepted too), empty trailing fields, and ``Infiltrate`` for
+    ``Infiltration`` (labels come back in the ``NIH14`` spelling).
+
+    Raises:
+        ValueError: naming the file and the 1-based line of a header without these columns, a row without 6 fields,
+            a label outside ``NIH14``, or a coordinate that is not a finite number (or a negative width/height).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"NIH box list not found: {path}")
+    with open(path, newline="") as fh:
+        lines = list(csv.reader(fh))
+    if not lines:
+        raise ValueError(f"{path}: empty; expected the header {BBOX_HEADER!r} and one row per box")
+    header = [f.strip() for f in lines[0]]
+    while header and not header[-1]:
+        header.pop()
+    if header[:2] != BBOX_COLUMNS[:2] or not (header[2:3] == ["Bbox [x"] or header[2:6] == BBOX_COLUMNS[2:]):
+        missing = [c for c in BBOX_COLUMNS[:2] if c not in header] or ["Bbox [x,y,w,h]"]
+        raise ValueError(f"{path}: row 1 (header) has columns {header}, missing {missing}; expected {BBOX_HEADER!r}")
+    rows = []
+    for number, fields in enumerate(lines[1:], start=2):
+        fields = [f.strip() for f in fields]
+        while fields and not fields[-1]:
+            fields.pop()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise ValueError(f"{path}: row {number} has {len(fields)} field(s) {fields}; expected 6: "
+                             "Image Index,Finding Label,x,y,w,h")
+        name, label = fields[0], BBOX_SPELLINGS.get(fields[1], fields[1])
+        if label not in NIH14:
+            raise ValueError(f"{path}: row {number} ({name}) has label {fields[1]!r}; expected one of {list(NIH14)} "
+                             f"or {list(BBOX_SPELLINGS)}")
+        try:
+            x, y, w, h = (float(f) for f in fields[2:])
+        except ValueError:
+            raise ValueError(f"{path}: row {number} ({name}) has coordinates {fields[2:]}; expected four numbers "
+                             "x,y,w,h") from None
+        if not np.isfinite([x, y, w, h]).all() or w < 0 or h < 0:
+            raise ValueError(f"{path}: row {number} ({name}) has box {[x, y, w, h]}; expected finite x, y and "
+                             "w, h >= 0")
+        rows.append((name, label, x, y, w, h))
+    return pd.DataFrame(rows, columns=BBOX_COLUMNS).astype({c: np.float64 for c in "xywh"})
+
+
+def stored_sizes(root: Path | str, names: Sequence[str]) -> np.ndarray:
+    """``(width, height)`` int64 ``(N, 2)`` of the stored PNGs ``names`` of a ChestX-ray14 root (the frame of the box
+    list), found as the loader finds them (flat ``images/`` or nested folders)."""
+    found = _image_paths(Path(root), list(names))
+    return np.array([_native_size(p)[::-1] for p in found], dtype=np.int64).reshape(len(found), 2)
 
 
 def read_data_entry(path: Path | str) -> pd.DataFrame:

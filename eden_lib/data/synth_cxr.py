@@ -35,9 +35,11 @@ from eden_lib.data.synth_cxr_findings import (
     CTR_THRESHOLD,
     FINDINGS,
     Lesions,
+    Support,
     draw_findings,
     place_lesions,
     sample_findings,
+    support_boxes,
 )
 from eden_lib.seed import rng
 
@@ -169,6 +171,9 @@ class SynthCXR:
         landmarks: float32 ``(N, L, 2)`` pixel ``(x, y)`` of ``LANDMARKS``.
         labels: uint8 ``(N, K)`` in ``FINDINGS`` order.
         meta: one row per image: ``image_index, patient_id, follow_up, sex, age, site, view, ctr``.
+        boxes: one row per region of a finding truly present (before label noise; effusion: one per hemithorax):
+            ``image_index, finding, x, y, w, h``, the pixel bounding box of its drawn support
+            (:func:`~eden_lib.data.synth_cxr_findings.support_boxes`), ordered by image and ``FINDINGS``.
     """
 
     images: np.ndarray
@@ -176,6 +181,7 @@ class SynthCXR:
     landmarks: np.ndarray
     labels: np.ndarray
     meta: pd.DataFrame
+    boxes: pd.DataFrame
 
     def __len__(self) -> int:
         return len(self.images)
@@ -351,15 +357,17 @@ def chunk_fields(seed: int, chunk: int, b: int, size: int) -> tuple[np.ndarray, 
 
 
 def chest_attenuation(
-    a: Anatomy, les: Lesions, u: np.ndarray, v: np.ndarray, tex: np.ndarray, vessels: np.ndarray, eps: float
+    a: Anatomy, les: Lesions, u: np.ndarray, v: np.ndarray, tex: np.ndarray, vessels: np.ndarray, eps: float,
+    support: Support | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Attenuation with findings ``(B, ...)`` float32 and the mask bitfield ``(B, ...)`` uint8.
 
-    Elementwise in the pixels: ``u, v, tex`` may be ``(B, H, W)`` grids or single pixels ``(B, 1, 1)``.
+    Elementwise in the pixels: ``u, v, tex`` may be ``(B, H, W)`` grids or single pixels ``(B, 1, 1)``. ``support``:
+    filled with where each finding is drawn (:func:`~eden_lib.data.synth_cxr_findings.draw_findings`).
     """
     out = render_anatomy(a, u, v, vessels, tex, eps)
     att, mark = out["att"], out["markings"]
-    draw_findings(att, mark, out, a, les, u, v, tex, eps)
+    draw_findings(att, mark, out, a, les, u, v, tex, eps, support)
     return att + mark, out["masks"]
 
 
@@ -379,13 +387,21 @@ def expose(att: np.ndarray, acq: Acquisition, noise: np.ndarray) -> np.ndarray:
     return np.round(np.clip(d, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def render(params: SynthParams, seed: int, size: int, idx: slice, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images and masks (uint8 ``(B, size, size)``) of the images ``idx`` forming chunk number ``chunk``."""
+def render(params: SynthParams, seed: int, size: int, idx: slice, chunk: int,
+           boxes: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images and masks (uint8 ``(B, size, size)``) of the images ``idx`` forming chunk number ``chunk``.
+
+    ``boxes``: a list the chunk's finding boxes are appended to, ``(image, finding, x, y, w, h)`` with ``image`` the
+    row in the whole set (:func:`~eden_lib.data.synth_cxr_findings.support_boxes`).
+    """
     a, les, acq = params.anatomy.take(idx), params.lesions.take(idx), params.acquisition.take(idx)
     b = len(acq.angle)
     vessels, tex, noise = chunk_fields(seed, chunk, b, size)
     u, v = pose_grid(acq, size)
-    att, masks = chest_attenuation(a, les, u, v, tex, vessels, eps=2.0 / size)
+    support: Support | None = {} if boxes is not None else None
+    att, masks = chest_attenuation(a, les, u, v, tex, vessels, eps=2.0 / size, support=support)
+    if boxes is not None:
+        boxes.extend((idx.start + i, *box) for i, *box in support_boxes(support))
     return expose(att, acq, noise), masks
 
 
@@ -402,12 +418,13 @@ def generate_synth_cxr(cfg: SynthCXRConfig, seed: int, workers: int | None = Non
     n, size = len(params.meta), cfg.size
     images = np.empty((n, size, size), np.uint8)
     masks = np.empty((n, size, size), np.uint8)
+    n_chunks = -(-n // CHUNK)
+    boxes: list[list] = [[] for _ in range(n_chunks)]
 
     def run(chunk: int) -> None:
         sl = slice(chunk * CHUNK, min((chunk + 1) * CHUNK, n))
-        images[sl], masks[sl] = render(params, seed, size, sl, chunk)
+        images[sl], masks[sl] = render(params, seed, size, sl, chunk, boxes[chunk])
 
-    n_chunks = -(-n // CHUNK)
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
     if workers > 1 and n_chunks > 1:
         with ThreadPoolExecutor(workers) as pool:
@@ -416,4 +433,6 @@ def generate_synth_cxr(cfg: SynthCXRConfig, seed: int, workers: int | None = Non
         for chunk in range(n_chunks):
             run(chunk)
     points = to_pixels(landmarks(params.anatomy), params.acquisition, size)
-    return SynthCXR(images, masks, points, params.labels, params.meta)
+    table = pd.DataFrame([b for part in boxes for b in part], columns=["image", "finding", "x", "y", "w", "h"])
+    table.insert(0, "image_index", params.meta["image_index"].to_numpy()[table.pop("image").to_numpy(np.int64)])
+    return SynthCXR(images, masks, points, params.labels, params.meta, table)

@@ -10,12 +10,13 @@ finding is trivial for a supervised network (AUC < 0.95) and none is invisible.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from eden_lib.data.synth_cxr_anatomy import COSTOPHRENIC_DROP, LEFT, RIGHT, Anatomy, col, lung_edges, ramp
+from eden_lib.data.synth_cxr_anatomy import COSTOPHRENIC_DROP, LEFT, MASKS, RIGHT, Anatomy, col, lung_edges, ramp
 from eden_lib.seed import rng
 
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Pneumothorax", "Consolidation", "Nodule", "Mass")
@@ -23,6 +24,10 @@ FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Pneumothorax", "Consolid
 
 CTR_THRESHOLD = 0.5  # cardiomegaly: cardiothoracic ratio above this
 CTR_READER_SD = 0.02  # the CTR a reader measures on one film: the true ratio plus this much noise
+SUPPORT_LEVEL = 0.5  # a pixel belongs to a finding's drawn support where its profile (fluid, air, patch ...) is >= this
+
+#: where a finding's support is recorded: (finding, side); effusion has one region per hemithorax
+Support = dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -53,6 +58,7 @@ class Lesions:
     mass_v: np.ndarray
     mass_r: np.ndarray
     mass_d: np.ndarray
+    cardio: np.ndarray  # 1 where the film shows cardiomegaly (the reader's CTR above CTR_THRESHOLD), else 0
 
     def take(self, idx: np.ndarray | slice) -> "Lesions":
         return Lesions(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
@@ -104,6 +110,7 @@ def sample_findings(
         nod_r=(0.05 + 0.035 * g.beta(2.0, 2.0, n_p))[pid], nod_d=on["Nodule"] * g.uniform(0.4, 0.6, n_p)[pid],
         mass_side=side(0.5, n_p)[pid], mass_t=g.uniform(0.15, 0.8, n_p)[pid], mass_q=g.uniform(0.25, 0.75, n_p)[pid],
         mass_r=(0.08 + 0.07 * g.beta(2.0, 2.0, n_p))[pid], mass_d=on["Mass"] * g.uniform(0.28, 0.45, n_p)[pid],
+        cardio=on["Cardiomegaly"].astype(np.float32),
     )
     elevation = np.stack([elev * (atel_side < 0), elev * (atel_side > 0)], axis=1)
     labels = present.copy()
@@ -137,15 +144,28 @@ def place_lesions(a: Anatomy, p: dict[str, np.ndarray]) -> Lesions:
 
 def draw_findings(
     att: np.ndarray, mark: np.ndarray, out: dict, a: Anatomy, les: Lesions, u: np.ndarray, v: np.ndarray,
-    tex: np.ndarray, eps: float,
+    tex: np.ndarray, eps: float, support: Support | None = None,
 ) -> None:
     """Add the lesions of ``les`` to the attenuation ``att`` and damp the lung markings ``mark`` (in place).
 
     ``out`` is :func:`render_anatomy`'s result (lung fields and edges); ``u, v, tex`` as in ``chest_attenuation``.
+    With ``support`` (a dict, filled in place), every finding present records where it is drawn:
+    ``support[(finding, side)] = (idx, inside)``, ``idx`` the images that have it and ``inside`` bool
+    ``(len(idx), ...)`` where its profile reaches :data:`SUPPORT_LEVEL` (effusion: the fluid; pneumothorax: the air
+    gap; consolidation, atelectasis, nodule, mass: the opacity; cardiomegaly: the heart). ``side`` is ``"r"`` or
+    ``"l"`` for effusion and ``""`` otherwise. Recording draws no random number and changes no pixel.
     """
     def each(present: np.ndarray):
         idx = np.flatnonzero(present)
         return idx, (lambda p: col(p[idx], u[idx]))
+
+    def record(finding: str, side: str, idx: np.ndarray, profile: Callable[[], np.ndarray]) -> None:
+        if support is not None:
+            support[(finding, side)] = (idx, profile() >= SUPPORT_LEVEL)
+
+    idx, _ = each(les.cardio > 0)
+    if idx.size:
+        record("Cardiomegaly", "", idx, lambda: (out["masks"][idx] >> MASKS.index("heart")) & 1)
 
     for s, name in ((RIGHT, "r"), (LEFT, "l")):
         e, lung = out[f"edges_{name}"], out[f"lung_{name}"]
@@ -160,6 +180,7 @@ def draw_findings(
             fluid = hemi * np.clip((vv - level) / (0.5 * h + 0.015), 0.0, 1.0) * ramp(level + 1.6 * h + 0.05 - vv, eps)
             att[idx] += 0.26 * fluid
             mark[idx] *= 1.0 - 0.8 * fluid
+            record("Effusion", name, idx, lambda: fluid)
         # pneumothorax: no lung (and no markings) between chest wall and a thin visceral pleural line
         idx, c = each(getattr(les, f"ptx_{name}") > 0)
         if idx.size:
@@ -169,6 +190,7 @@ def draw_findings(
             line = lung[idx] * np.exp(-(((dist - gap) / 0.005) ** 2))
             att[idx] += -0.15 * air + 0.08 * line + 0.25 * gap * (lung[idx] - air)
             mark[idx] *= 1.0 - air
+            record("Pneumothorax", "", idx, lambda: air)
 
     def lung_of(idx: np.ndarray, side: np.ndarray) -> np.ndarray:
         return np.where(col(side[idx], u[idx]) < 0, out["lung_r"][idx], out["lung_l"][idx])
@@ -180,6 +202,7 @@ def draw_findings(
         rho = np.sqrt((u[idx] - c(les.cons_u)) ** 2 + (v[idx] - c(les.cons_v)) ** 2)
         patch = np.clip((r * (1.0 + 0.35 * tex[idx]) - rho) / (0.5 * r), 0.0, 1.0)
         att[idx] += c(les.cons_d) * patch * lung_of(idx, les.cons_side)
+        record("Consolidation", "", idx, lambda: patch * lung_of(idx, les.cons_side))
     # atelectasis: a plate-like band (with the hemidiaphragm raised by volume loss at sampling)
     idx, c = each(les.atel_d > 0)
     if idx.size:
@@ -188,11 +211,34 @@ def draw_findings(
         across = v[idx] - c(les.atel_v) - c(les.atel_tilt) * along
         band = np.exp(-((across / c(les.atel_h)) ** 2)) * ramp(c(les.atel_len) - np.abs(along), 0.04)
         att[idx] += c(les.atel_d) * band * lung_of(idx, les.atel_side)
+        record("Atelectasis", "", idx, lambda: band * lung_of(idx, les.atel_side))
     # nodule (round, sharp) and mass (larger, lobulated)
-    for name, lobes in (("nod", 0.0), ("mass", 0.12)):
+    for name, lobes, finding in (("nod", 0.0, "Nodule"), ("mass", 0.12, "Mass")):
         idx, c = each(getattr(les, f"{name}_d") > 0)
         if idx.size:
             r = c(getattr(les, f"{name}_r"))
             rho = np.sqrt((u[idx] - c(getattr(les, f"{name}_u"))) ** 2 + (v[idx] - c(getattr(les, f"{name}_v"))) ** 2)
             disc = np.clip((r * (1.0 + lobes * tex[idx]) - rho) / (0.35 * r) + 0.5, 0.0, 1.0)
             att[idx] += c(getattr(les, f"{name}_d")) * disc
+            record(finding, "", idx, lambda: disc)
+
+
+def support_boxes(support: Support) -> list[tuple[int, str, float, float, float, float]]:
+    """Pixel bounding boxes of the recorded supports (:func:`draw_findings` on ``(B, H, W)`` grids).
+
+    Returns ``(image, finding, x, y, w, h)`` per finding region with at least one pixel in the image, sorted by image,
+    ``FINDINGS`` order and side (right first): ``image`` indexes the ``B`` images, ``(x, y)`` is the top-left corner and
+    ``w, h`` the size in pixels (pixel ``(r, c)`` covers ``[c, c + 1) x [r, r + 1)``), the NIH ``BBox_List_2017.csv``
+    convention.
+    """
+    rows = []
+    for (finding, side), (idx, inside) in support.items():
+        cols, lines = inside.any(axis=1), inside.any(axis=2)  # (k, W), (k, H)
+        for i, c, r in zip(idx, cols, lines):
+            if not c.any():
+                continue
+            x0, x1 = np.flatnonzero(c)[[0, -1]]
+            y0, y1 = np.flatnonzero(r)[[0, -1]]
+            rows.append((int(i), FINDINGS.index(finding), side == "l", finding, float(x0), float(y0),
+                         float(x1 - x0 + 1), float(y1 - y0 + 1)))
+    return [(i, *box) for i, _, _, *box in sorted(rows)]

@@ -21,25 +21,27 @@ Three losses, total ``lambda_cls * L_cls + lambda_patch * L_patch + lambda_rec *
 
 Our adaptation:
 
-* Backbone: the study's Models Genesis :class:`~eden_lib.models.unet3d.UNet3D` (width ``ctx.unet3d_width``, sigmoid
-  output) in place of nnFormer, so the pretrained network plugs into every 3D transfer task; Swin-UNETR / nnFormer
-  are not built (the paper profile runs the UNet3D at width 32). Inputs ``(B, 1, X, Y, Z)``, depth = the last axis.
-  [CLS] = global average of the bottleneck ``out512`` (16w channels); encoder ("query") tokens = the bottleneck
-  voxels (16w channels, ``X/8 * Y/8 * Z/8`` tokens); decoder ("anchor") tokens = the output of ``up_tr256`` (8w
-  channels, ``X/4 * Y/4 * Z/4`` tokens; nnFormer: the first decoder stage); reconstruction = the UNet3D's output
-  (:func:`unet3d_features`).
+* Backbone: the study's 3D network in place of nnFormer, so the pretrained network plugs into every 3D transfer
+  task: the Models Genesis :class:`~eden_lib.models.unet3d.UNet3D` (width ``ctx.unet3d_width``, sigmoid output), or
+  with ``backbone_3d: swin_unetr`` (the paper profile) MONAI's Swin-UNETR
+  (:class:`~eden_lib.models.swin_unetr.SwinUNETR3D`, feature size f = 48, one of the paper's encoders); nnFormer is
+  not built. Inputs ``(B, 1, X, Y, Z)``, depth = the last axis. [CLS] = global average of the bottleneck (UNet3D
+  ``out512``: 16w channels at stride 8; Swin-UNETR: 16f at stride 32); encoder ("query") tokens = the bottleneck
+  voxels; decoder ("anchor") tokens = the first decoder stage (``up_tr256``: 8w channels at stride 4; ``decoder5``:
+  8f at stride 16; nnFormer: its first decoder stage); reconstruction = the network's sigmoid output (both networks'
+  ``encode_decode``).
 * :class:`AliceHead`: ``Linear 16w -> head_in_dim`` for the bottleneck ([CLS] and encoder tokens) and
-  ``Linear 8w -> head_in_dim`` for decoder tokens, then DINO's shared 3-layer MLP, L2 normalisation and two
-  weight-normalised last layers (``out_dim`` for [CLS], ``patch_out_dim`` for tokens). The released teacher
-  shares the [CLS] last layer for its tokens while the student has a separate one; here both networks use the
-  separate token layer (iBOT's default), so the teacher stays an exact EMA of the student.
+  ``Linear 8w -> head_in_dim`` for decoder tokens (16f and 8f for Swin-UNETR), then DINO's shared 3-layer MLP, L2
+  normalisation and two weight-normalised last layers (``out_dim`` for [CLS], ``patch_out_dim`` for tokens). The
+  released teacher shares the [CLS] last layer for its tokens while the student has a separate one; here both
+  networks use the separate token layer (iBOT's default), so the teacher stays an exact EMA of the student.
 * Teacher batch-norm statistics: the teacher runs the whole UNet3D on the unmasked crops and keeps its own running
   statistics (the EMA moves parameters only, :meth:`Alice.after_step`); copying the student's would give the
-  exported teacher the statistics of 75 %-masked inputs.
-* Export: ``{"unet3d": teacher UNet3D}`` (encoder and decoder): the EMA teacher is the network the released
-  extraction script writes with its full decoder (the student extraction drops the output layers), it is the
-  temporal ensemble of the student that DINO / iBOT report as the better feature extractor, and it is the network
-  that saw unmasked crops, as transfer will.
+  exported teacher the statistics of 75 %-masked inputs (Swin-UNETR's instance and layer norms keep none).
+* Export: ``{"unet3d": the teacher's UNet3D / Swin-UNETR}`` (encoder and decoder): the EMA teacher is the network
+  the released extraction script writes with its full decoder (the student extraction drops the output layers), it
+  is the temporal ensemble of the student that DINO / iBOT report as the better feature extractor, and it is the
+  network that saw unmasked crops, as transfer will.
 
 Schedules run per optimizer step (fractions are of all steps; the pretrain pipeline calls
 :meth:`Alice.set_total_steps`): teacher temperature 0.008 -> 0.01 linear over ``teacher_temp_warmup`` (paper 30 of
@@ -70,6 +72,7 @@ from eden_lib.methods.base import BuildContext, Method, MethodConfigError, adamw
 from eden_lib.methods.branches.casa import CASA
 from eden_lib.models.dino_head import DINOHead
 from eden_lib.models.ema import CosineEMATeacher, momentum_copy
+from eden_lib.models.swin_unetr import DIVISOR, SWIN_UNETRS, SwinUNETR3D
 from eden_lib.models.unet3d import UNet3D
 
 VIEW_PAIRS = ("matched", "oracle", "random")
@@ -98,9 +101,13 @@ class AliceConfig:
         clip_grad: per-parameter gradient-norm clip of :meth:`Alice.before_step` (paper 3.0; 0 disables).
         freeze_last_layer: fraction of the steps during which the head's last layers are not updated (paper: 1 of
             1,000 epochs).
-        crop: ``(x, y, z)`` size of both views (paper 64^3): multiples of 8 (UNet3D), x and y of ``mask_grid``.
+        crop: ``(x, y, z)`` size of both views (paper 64^3): multiples of 8 (UNet3D; 32 for Swin-UNETR), x and y of
+            ``mask_grid``.
         views: which mined view pairs the data pipeline reads: ``matched`` (anatomy matching, the paper),
             ``oracle`` (ground-truth correspondence) or ``random`` (unrelated locations); the method only checks it.
+        backbone_3d: ``""``: the study's UNet3D (``pretrain.unet3d_width``); ``swin_unetr``: MONAI's Swin-UNETR
+            (feature size 48), for this method alone (:func:`~eden_lib.pipeline.pretrain.build_context`; transfer
+            loads the export into the same network).
     """
 
     dims: tuple[int, ...] = (3,)
@@ -131,6 +138,7 @@ class AliceConfig:
     freeze_last_layer: float = 0.001
     crop: tuple[int, ...] = (64, 64, 64)
     views: str = "matched"
+    backbone_3d: str = ""
 
     @property
     def lr(self) -> float:
@@ -161,29 +169,17 @@ class AliceConfig:
                 raise fail(key, "a value in [0, 1)")
         if self.casa and self.patch_out_dim % self.casa_heads:
             raise fail("patch_out_dim", f"a multiple of casa_heads = {self.casa_heads} (the CASA width)")
+        if self.backbone_3d not in ("", *SWIN_UNETRS):
+            raise fail("backbone_3d", f"'' (the study's UNet3D) or one of {sorted(SWIN_UNETRS)}")
+        if self.backbone_3d and (len(self.crop) != 3 or any(s <= 0 or s % DIVISOR for s in self.crop)):
+            raise fail("crop", f"[x, y, z], each a positive multiple of {DIVISOR} (Swin-UNETR: patch 2, four 2x "
+                               f"mergings)")
         if len(self.crop) != 3 or any(s <= 0 or s % 8 for s in self.crop):
             raise fail("crop", "[x, y, z], each a positive multiple of 8 (three 2x poolings of the UNet3D)")
         if any(s % self.mask_grid for s in self.crop[:2]):
             raise fail("crop", f"x and y multiples of mask_grid = {self.mask_grid} (the in-plane mask squares)")
         if self.views not in VIEW_PAIRS:
             raise fail("views", f"one of {list(VIEW_PAIRS)}")
-
-
-def unet3d_features(unet: UNet3D, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Alice's three outputs of the study UNet3D in one pass.
-
-    Args:
-        unet: the Models Genesis UNet3D of base width w.
-        x: crops ``(B, 1, X, Y, Z)``, sizes multiples of 8.
-
-    Returns:
-        ``out512`` ``(B, 16w, X/8, Y/8, Z/8)`` (the bottleneck: [CLS] and encoder tokens), the ``up_tr256`` output
-        ``(B, 8w, X/4, Y/4, Z/4)`` (decoder tokens) and the reconstruction ``(B, 1, X, Y, Z)`` in (0, 1).
-    """
-    out512, (skip64, skip128, skip256) = unet._encode(x)
-    anchor = unet.up_tr256(out512, skip256)
-    reconstruction = unet.out_tr(unet.up_tr64(unet.up_tr128(anchor, skip128), skip64))
-    return out512, anchor, reconstruction
 
 
 def tokens(features: torch.Tensor) -> torch.Tensor:
@@ -223,8 +219,8 @@ class AliceHead(DINOHead):
     """Projections of the bottleneck and the decoder tokens, DINO's shared MLP, two weight-normalised last layers.
 
     Args:
-        query_dim: bottleneck channels (16w). anchor_dim: decoder-token channels (8w); 0: no decoder projection
-            (the ``casa: false`` ablation, which reads no decoder tokens).
+        query_dim: bottleneck channels (16w; Swin-UNETR 16f). anchor_dim: decoder-token channels (8w; 8f); 0: no
+            decoder projection (the ``casa: false`` ablation, which reads no decoder tokens).
         in_dim: projection width (paper 384). out_dim: [CLS] prototypes. patch_out_dim: token prototypes.
         hidden_dim, bottleneck_dim: the shared MLP.
 
@@ -267,21 +263,21 @@ class AliceHead(DINOHead):
 
 
 class AliceNetwork(nn.Module):
-    """UNet3D + :class:`AliceHead`; ``forward(x)`` on crops ``(B, 1, X, Y, Z)`` returns a dict:
-    ``cls`` ``(B, out_dim)``, ``query`` ``(B, X/8*Y/8*Z/8, patch_out_dim)``, ``anchor``
-    ``(B, X/4*Y/4*Z/4, patch_out_dim)`` (only when the head projects decoder tokens) and ``reconstruction``
-    ``(B, 1, X, Y, Z)``."""
+    """The 3D network (UNet3D or Swin-UNETR) + :class:`AliceHead`; ``forward(x)`` on crops ``(B, 1, X, Y, Z)`` returns
+    a dict: ``cls`` ``(B, out_dim)``, ``query`` ``(B, N_q, patch_out_dim)`` (UNet3D: ``X/8*Y/8*Z/8`` tokens;
+    Swin-UNETR: ``X/32*Y/32*Z/32``), ``anchor`` ``(B, N_a, patch_out_dim)`` (``X/4*Y/4*Z/4``; ``X/16*Y/16*Z/16``;
+    only when the head projects decoder tokens) and ``reconstruction`` ``(B, 1, X, Y, Z)``."""
 
-    def __init__(self, unet: UNet3D, head: AliceHead) -> None:
+    def __init__(self, unet: UNet3D | SwinUNETR3D, head: AliceHead) -> None:
         super().__init__()
         self.unet = unet
         self.head = head
 
     def forward(self, x: torch.Tensor, freeze_last_layer: bool = False) -> dict[str, torch.Tensor]:
-        out512, anchor, reconstruction = unet3d_features(self.unet, x)
+        bottleneck, anchor, reconstruction = self.unet.encode_decode(x)
         out = {
-            "cls": self.head.cls(out512.mean(dim=(2, 3, 4)), freeze_last_layer),
-            "query": self.head.query_tokens(tokens(out512), freeze_last_layer),
+            "cls": self.head.cls(bottleneck.mean(dim=(2, 3, 4)), freeze_last_layer),
+            "query": self.head.query_tokens(tokens(bottleneck), freeze_last_layer),
             "reconstruction": reconstruction,
         }
         if self.head.anchor_proj is not None:
@@ -290,7 +286,8 @@ class AliceNetwork(nn.Module):
 
 
 class Alice(CosineEMATeacher, Method):
-    """Alice on CT view pairs: masked student, EMA teacher, CASA-aligned token loss; exports the teacher UNet3D."""
+    """Alice on CT view pairs: masked student, EMA teacher, CASA-aligned token loss; exports the teacher's 3D
+    network (``unet3d``: the UNet3D or the Swin-UNETR)."""
 
     name = "alice"
     config_cls = AliceConfig
@@ -301,9 +298,8 @@ class Alice(CosineEMATeacher, Method):
     def __init__(self, cfg: AliceConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)
         unet = networks.unet_3d(ctx, out_channels=1)
-        w = ctx.unet3d_width
-        head = AliceHead(16 * w, 8 * w if cfg.casa else 0, cfg.head_in_dim, cfg.out_dim, cfg.patch_out_dim,
-                         cfg.hidden_dim, cfg.bottleneck_dim)
+        head = AliceHead(unet.feature_channels, unet.anchor_channels if cfg.casa else 0, cfg.head_in_dim, cfg.out_dim,
+                         cfg.patch_out_dim, cfg.hidden_dim, cfg.bottleneck_dim)
         self.student = AliceNetwork(unet, head)
         self.teacher = momentum_copy(self.student)
         self.casa = CASA(cfg.patch_out_dim, cfg.casa_heads, cfg.casa_dropout) if cfg.casa else None

@@ -36,10 +36,10 @@ Differences from the release: one bilinear resampling of the render for both vie
 teacher's view with nearest neighbours and reflects the crop's border where we read the render around it), square
 crops, no ImageNet normalisation (one grey channel).
 
-Backbone: the study's 2D backbone (``pretrain.backbone_2d``: ResNet or ConvNeXt), also in the ``paper`` profile. The
-paper's Swin-B is not built here (no timm; MONAI's ``SwinTransformer`` ends with a fourth patch merging, 2048 pooled
-features where timm's Swin-B has 1024, so there is no 1:1 key map to the released weights), and the released Ark
-weights cannot be loaded (:mod:`eden_lib.checkpoints` refuses them, saying why).
+Backbone: the study's 2D backbone (``pretrain.backbone_2d``: ResNet or ConvNeXt), or with ``backbone_2d: swin_b`` (the
+``paper`` profile) the paper's Swin-B for Ark alone: :class:`~eden_lib.models.swin.SwinEncoder`, timm 0.5.4's layout
+from MONAI's Swin blocks (1024 pooled features), into which the released Ark weights load strictly
+(:func:`~eden_lib.checkpoints.load_pretrained` with ``source="ark"``, e.g. as ``pretrain.init.ark``).
 
 Optimiser: SGD (Nesterov, as timm's ``sgd``) at ``lr`` 0.3, momentum 0.9, weight decay 0, under the engine's per-epoch
 cosine; not reproduced: the 20 warm-up epochs and the release's scheduler quirk (the validation loss passed as the
@@ -65,6 +65,7 @@ from eden_lib.methods import networks
 from eden_lib.methods.base import BuildContext, Method, MethodConfigError, check_2d_batch, config_failure
 from eden_lib.methods.supervised import masked_bce
 from eden_lib.models.ema import cosine_momentum, momentum_copy, momentum_update
+from eden_lib.models.swin import SWINS
 from eden_lib.transforms.views import crop_boxes
 
 
@@ -74,6 +75,9 @@ class ArkViewConfig:
     (fact sheet 3.2-3.5, MICCAI 2023 Swin-B recipe).
 
     Attributes:
+        backbone_2d: ``""``: the study's ``pretrain.backbone_2d``; a name of :data:`~eden_lib.models.swin.SWINS`
+            (``swin_b``: the paper's Swin-B) for this method alone (:func:`~eden_lib.pipeline.pretrain.build_context`;
+            transfer loads the export into the same network).
         batch_size: images per step, all from one site (release 200).
         lr, momentum, nesterov, weight_decay: SGD (release 0.3, 0.9, Nesterov, 0).
         projector_dim: units of the projector, the consistency space and the embedding (release 1376).
@@ -89,6 +93,7 @@ class ArkViewConfig:
     """
 
     dims: tuple[int, ...] = (2,)
+    backbone_2d: str = ""
     batch_size: int = 200
     lr: float = 0.3
     momentum: float = 0.9
@@ -111,6 +116,9 @@ class ArkViewConfig:
             return config_failure(name, self, key, expected)
 
         check_2d_batch(name, self, name)
+        if self.backbone_2d not in ("", *SWINS):
+            raise fail("backbone_2d", f"'' (pretrain.backbone_2d) or one of {sorted(SWINS)} (a ResNet or ConvNeXt "
+                                      f"is set in pretrain.backbone_2d, with its widths)")
         for key in ("lr", "projector_dim"):
             if getattr(self, key) <= 0:
                 raise fail(key, "> 0")

@@ -27,7 +27,8 @@ class BuildContext:
 
     Attributes:
         spatial_dims: 2 or 3.
-        backbone_2d: ``pretrain.backbone_2d`` (``name``, ``widths``).
+        backbone_2d: ``pretrain.backbone_2d`` (``name``, ``widths``), or ``{"name": ...}`` where the method's block
+            names its own (Ark's ``backbone_2d``; :func:`~eden_lib.pipeline.pretrain.build_context`).
         unet2d_decoder: five decoder widths of the 2D U-Net.
         unet3d_width: base width of the Models Genesis UNet3D (paper 32).
         n_labels: supervised targets per sample (findings for 2D, 1 for 3D candidates).
@@ -35,6 +36,10 @@ class BuildContext:
             views from the full render and resample them to this size.
         site_label_counts: labels of each site of the prepared sites data, in training order (``cxr_sites``
             methods: one head per site); empty otherwise.
+        in_channels: image channels of the 2D encoder (1: radiographs; 3: the RGB natural source of the
+            domain-transfer claim, :mod:`eden_lib.pipeline.natural_source`).
+        backbone_3d: ``None`` for the study's UNet3D, else a Swin-UNETR block (``{"name": "swin_unetr", ...}``,
+            :func:`~eden_lib.models.swin_unetr.swin_unetr_spec`; Alice's ``backbone_3d``).
     """
 
     spatial_dims: int
@@ -44,6 +49,8 @@ class BuildContext:
     n_labels: int
     image_size: int = 64
     site_label_counts: tuple[int, ...] = ()
+    in_channels: int = 1
+    backbone_3d: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""2D backbones: ResNets from MONAI with torchvision-compatible module names, and ConvNeXts
-(:mod:`eden_lib.models.convnext`, Facebook-release names; MONAI has no ConvNeXt).
+"""2D backbones: ResNets from MONAI with torchvision-compatible module names, ConvNeXts
+(:mod:`eden_lib.models.convnext`, Facebook-release names; MONAI has no ConvNeXt) and Swin Transformers
+(:mod:`eden_lib.models.swin`, timm-0.5.4 names from MONAI's Swin blocks: Ark's Swin-B).
 
 MONAI's ``ResNet`` keeps the torchvision names (``conv1``, ``bn1``, ``layer1`` ... ``layer4``), so weights
 released for a torchvision ResNet map in by name. We always pass the torchvision-like stem (7x7 conv, stride 2,
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from eden_lib.models.convnext import CONVNEXTS, ConvNeXtEncoder
+from eden_lib.models.swin import SWINS, SwinEncoder, build_swin
 
 #: registry name -> (block type, blocks per stage) of the ResNets
 BACKBONES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
@@ -78,17 +80,27 @@ class ResNetEncoder(nn.Module):
         s4 = self.layer4(s3)
         return [s0, s1, s2, s3, s4]
 
+    def stage_modules(self) -> list[nn.Module]:
+        """The modules behind each map of :meth:`stages`: the stem (``conv1``, ``bn1``), ``layer1`` ... ``layer4``."""
+        return [nn.ModuleList([self.conv1, self.bn1]), self.layer1, self.layer2, self.layer3, self.layer4]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.avgpool(self.stages(x)[-1]), 1)
 
 
 #: every name :func:`build_backbone_2d` accepts
-BACKBONES_2D: tuple[str, ...] = tuple(sorted((*BACKBONES, *CONVNEXTS)))
+BACKBONES_2D: tuple[str, ...] = tuple(sorted((*BACKBONES, *CONVNEXTS, *SWINS)))
 
 
-def build_backbone_2d(cfg: dict, in_channels: int = 1) -> ResNetEncoder | ConvNeXtEncoder:
-    """The study's 2D encoder from ``pretrain.backbone_2d`` (``name``, ``widths``): a name of :data:`BACKBONES_2D`."""
+def build_backbone_2d(cfg: dict, in_channels: int = 1) -> ResNetEncoder | ConvNeXtEncoder | SwinEncoder:
+    """The study's 2D encoder from ``pretrain.backbone_2d`` (``name``, ``widths``): a name of :data:`BACKBONES_2D`.
+
+    A Swin name needs no ``widths`` (its preset's) and takes the keys of :data:`~eden_lib.models.swin.SPEC_KEYS`
+    (:func:`~eden_lib.models.swin.swin_spec`); ``methods.ark.backbone_2d`` selects one for Ark alone.
+    """
     name = cfg["name"]
+    if name in SWINS:
+        return build_swin(cfg, in_channels=in_channels)
     if name in CONVNEXTS:
         return ConvNeXtEncoder(name, cfg["widths"], in_channels=in_channels)
     if name not in BACKBONES:

@@ -142,6 +142,12 @@ class ConvNeXtEncoder(nn.Module):
         stem, maps = self._pyramid(x)
         return [F.interpolate(stem, scale_factor=2.0, mode="nearest"), *maps]
 
+    def stage_modules(self) -> list[nn.Module]:
+        """The modules behind each map of :meth:`stages`: the stem (``downsample_layers.0``), stage 0's blocks, then
+        for i = 1, 2, 3 ``downsample_layers.i`` with stage i's blocks (the final ``norm`` belongs to none)."""
+        down, blocks = self.downsample_layers, self.blocks
+        return [down[0], blocks[0], *(nn.ModuleList([down[i], blocks[i]]) for i in (1, 2, 3))]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self._pyramid(x)[1][-1].mean(dim=(-2, -1)))
 

@@ -174,6 +174,11 @@ class UNet3D(nn.Module):
         """Channels of the bottleneck ``out512``: ``16 * base_width`` (512 for the official width)."""
         return 16 * self.base_width
 
+    @property
+    def anchor_channels(self) -> int:
+        """Channels of the first decoder stage ``up_tr256``: ``8 * base_width``."""
+        return 8 * self.base_width
+
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNet3D: expected input (B, {self.in_channels}, D, H, W), got {tuple(x.shape)}")
@@ -195,6 +200,13 @@ class UNet3D(nn.Module):
     def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
         """Global-average-pooled bottleneck ``(B, 16*base_width)``: the official classification-transfer input."""
         return self.encode(x).mean(dim=(2, 3, 4))
+
+    def encode_decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Bottleneck ``out512`` ``(B, 16w, D/8, H/8, W/8)``, the first decoder stage ``up_tr256``
+        ``(B, 8w, D/4, H/4, W/4)`` and the output ``(B, out, D, H, W)`` in (0, 1), in one pass (Alice's features)."""
+        out512, (skip64, skip128, skip256) = self._encode(x)
+        anchor = self.up_tr256(out512, skip256)
+        return out512, anchor, self.out_tr(self.up_tr64(self.up_tr128(anchor, skip128), skip64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction ``(B, out, D, H, W)`` in (0, 1)."""

@@ -2,7 +2,7 @@
 split it at patient level and write the tensor cache later stages memory-map.
 
 With ``data.source: synthetic`` SynthCXR is written as ChestX-ray14 (PNG + ``Data_Entry_2017_v2020.csv`` + the
-official split lists) and SynthCT as LUNA16 (``subset*/<uid>.mhd/.raw``, ``annotations.csv``,
+official split lists + ``BBox_List_2017.csv``) and SynthCT as LUNA16 (``subset*/<uid>.mhd/.raw``, ``annotations.csv``,
 ``candidates_V2.csv``) under ``data/raw/synthetic/``; with ``real`` the same loaders read ``data.roots``. The Ark
 sites (``data.sites``) follow the CXR cache: :func:`eden_lib.data.synth_sites.prepare_sites`.
 """
@@ -22,13 +22,22 @@ from eden_lib.data.splits import carve_validation
 from eden_lib.data.synth_sites import prepare_sites
 
 
-def _cxr_root(cfg: dict) -> Path:
+def chestxray14_root(cfg: dict) -> Path:
+    """Where the radiographs lie in their ChestX-ray14 layout: ``data.roots.chestxray14`` (real) or the synthetic copy
+    ``prepare`` writes under ``data/raw/synthetic/chestxray14``."""
     data = cfg["data"]
     if data["source"] == "real":
         root = data["roots"]["chestxray14"]
         if not root or not Path(root).is_dir():
             raise FileNotFoundError(f"data.roots.chestxray14 = {root!r} is not a folder (data.source is 'real')")
         return Path(root)
+    return paths.raw_dir("synthetic") / "chestxray14"
+
+
+def _cxr_root(cfg: dict) -> Path:
+    data = cfg["data"]
+    if data["source"] == "real":
+        return chestxray14_root(cfg)
     from eden_lib.data.chestxray14 import write_chestxray14
     from eden_lib.data.synth_cxr import SynthCXRConfig, generate_synth_cxr
 
@@ -42,7 +51,7 @@ def _cxr_root(cfg: dict) -> Path:
         ),
         seed=cfg["seed"],
     )
-    root = paths.raw_dir("synthetic") / "chestxray14"
+    root = chestxray14_root(cfg)
     write_chestxray14(root, synth, test_fraction=c["test_fraction"], seed=cfg["seed"])
     return root
 

@@ -37,18 +37,29 @@ def checkpoint_dir(method: str, dims: int) -> Path:
     return paths.data_dir() / "checkpoints" / method / f"{dims}d"
 
 
-def build_context(cfg: dict, dims: int, n_labels: int, site_label_counts: tuple[int, ...] = ()):
+def build_context(cfg: dict, dims: int, n_labels: int, site_label_counts: tuple[int, ...] = (),
+                  method: str | None = None):
+    """The :class:`~eden_lib.methods.base.BuildContext` of the study's networks, or of ``method``'s.
+
+    ``method``: a key of ``methods``; a non-empty ``backbone_2d`` in its block replaces ``pretrain.backbone_2d`` by
+    ``{"name": ...}`` (Ark: ``swin_b``), a non-empty ``backbone_3d`` replaces the UNet3D (Alice: ``swin_unetr``).
+    Pretraining passes it, and transfer passes the method an export names (its ``info``), so the exported weights and
+    the network they load into agree.
+    """
     from eden_lib.methods import BuildContext
 
     p = cfg["pretrain"]
+    block = cfg.get("methods", {}).get(method, {}) if method else {}
+    own_2d, own_3d = block.get("backbone_2d"), block.get("backbone_3d")
     return BuildContext(
         spatial_dims=dims,
-        backbone_2d=dict(p["backbone_2d"]),
+        backbone_2d={"name": own_2d} if own_2d else dict(p["backbone_2d"]),
         unet2d_decoder=tuple(p["unet2d_decoder"]),
         unet3d_width=p["unet3d_width"],
         n_labels=n_labels,
         image_size=cfg["data"]["image_size"],
         site_label_counts=site_label_counts,
+        backbone_3d={"name": own_3d} if own_3d else None,
     )
 
 
@@ -286,7 +297,7 @@ def pretrain_dims(cfg: dict, name: str, dims: int, stop_after_epochs: int | None
         counts = dict(zip(prepared_sites.site_names, map(len, prepared_sites.site_labels)))
         site_label_counts = tuple(counts[s] for s in trained_sites(name, method_cfg))
     seed_everything(cfg["seed"])
-    method = method_class(name)(method_cfg, build_context(cfg, dims, n_labels, site_label_counts))
+    method = method_class(name)(method_cfg, build_context(cfg, dims, n_labels, site_label_counts, method=name))
     init = init_file(cfg, name, dims)
     init_info = None
     if init is not None:  # continual pretraining; a resumed run then restores its checkpoint over these weights

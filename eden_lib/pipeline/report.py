@@ -15,6 +15,7 @@ from eden_lib.evaluation.statistics import best_method, compare_methods
 from eden_lib.evaluation.statistics import stars as significance_stars
 from eden_lib.reporting.html import write_html_report
 from eden_lib.reporting.io import read_json
+from eden_lib.reporting.methods import methods_section
 from eden_lib.reporting.tables import (
     GENESIS_METHODS,
     GENESIS_METRICS,
@@ -411,8 +412,9 @@ def alice_section(cfg: dict, runs: pd.DataFrame) -> list[str]:
     """Alice against scratch and Models Genesis on the 3D tasks, the view-mining quality and the ablations."""
     if "alice" not in cfg["active_methods"]:
         return []
+    network = "MONAI's Swin-UNETR" if cfg["methods"]["alice"].get("backbone_3d") else "the study's UNet3D"
     out = ["## Alice on the 3D tasks", "",
-           "Alice pretrains the study's UNet3D on two crops of two different scans centred on the same anatomy (the "
+           f"Alice pretrains {network} on two crops of two different scans centred on the same anatomy (the "
            "`anatomy` stage mines them with a dense anatomical embedding trained here). Cells: mean ± std over the "
            "fine-tuning seeds; `alice - x`: difference of the means, stars from the paired t-test over seeds, "
            "Holm-corrected over the two comparisons of the row. The FROC section has Alice's PE detection.", ""]
@@ -548,7 +550,84 @@ def separability_section() -> list[str]:
             "fine-tuned encoder (CXR classification, the transfer stage's fine-tuning, seed 0) per backbone stage, "
             "on the same test images; `scratch` is the floor (nothing to reuse). CIs: bootstrap over images.", "",
             markdown_table(sep), "", *tests, "", markdown_table(reuse), "", *reuse_line, "",
-            f"**Verdict.** {m['sentence']}", "", "![separability](figures/claims/separability.png)", ""]
+            *separability_ablation_lines(m), f"**Verdict.** {m['sentence']}", "",
+            "![separability](figures/claims/separability.png)", ""]
+
+
+def separability_ablation_lines(m: dict) -> list[str]:
+    """CAiD's transfer ablation (the ``ablation`` block of ``claims/separability.json``): test AUC per method and
+    number k of frozen stages, the drop from k = 0, and the claim's method against its base per k."""
+    a, claim, base = m["ablation"], m["method"], m["base"]
+
+    def cell(c: dict, signed: bool = False) -> str:
+        ci = "" if c["ci_low"] is None or c["ci_high"] is None else (
+            f" [{_signed(c['ci_low'])}, {_signed(c['ci_high'])}]" if signed
+            else f" [{c['ci_low']:.3f}, {c['ci_high']:.3f}]")
+        return (_signed(c["mean"]) if signed else mean_std_cell(c["mean"], c.get("std"))) + ci
+
+    ks = [str(k) for k in a["freeze_stages"]]
+    rows = [{"method": name, **{f"AUC, k = {k}": cell(per_k[k]) for k in ks},
+             **{f"drop to k = {k}": cell(a["drop"][name][k], signed=True) for k in ks[1:]}}
+            for name, per_k in a["auc"].items()]
+    tests = [f"- k = {k}: drop of `{claim}` minus drop of `{base}` {_signed(t['diff'])} [{_signed(t['ci_low'])}, "
+             f"{_signed(t['ci_high'])}], paired t over {t['n']} seeds, Holm p = "
+             f"{MISSING if t['p_holm'] is None else format(t['p_holm'], '.3g')} {significance_stars(t['p_holm'])}"
+             for k, t in a["tests"].items()]
+    check = a["k0_max_abs_diff"]
+    return ["Transfer ablation: the CXR classifier fine-tuned as in the transfer stage with the first k backbone "
+            "stages (stem, layer1, ...) frozen (no gradient, batch-norm statistics kept), every fine-tuning seed "
+            f"({len(a['seeds'])}); k = 0 are the transfer stage's runs"
+            + ("" if check is None else f" (the reuse runs above repeat their first seed: max |ΔAUC| = {check:.2g})")
+            + ". Drop: AUC at k = 0 minus AUC at k, paired over seeds; `scratch` is the floor, `supervised` the "
+            "control. CIs: t intervals over seeds.", "", markdown_table(pd.DataFrame(rows)), "", *tests, ""]
+
+
+def localisation_section() -> list[str]:
+    """Claim: lesion localisation from image-level labels (DiRA), from ``reports/metrics/claims/localisation.json``."""
+    m = claim_metrics("localisation")
+    if m is None:
+        return []
+
+    def ci(c: dict) -> str:
+        return MISSING if c["mean"] is None else f"{c['mean']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
+
+    def diff(d: dict) -> str:
+        return f"{_signed(d['diff'])} [{_signed(d['ci_low'])}, {_signed(d['ci_high'])}], p = {d['p']:.3g}"
+
+    order = [n for n in (*m["methods"], m["floor"], m["control"]) if n in m["scores"]]
+    rows = []
+    for name in order:
+        s, auc = m["scores"][name], m["test_auc"].get(name)
+        rows.append({"method": name, "pointing game [95 % CI]": ci(s["pointing"]), "mean IoU [95 % CI]": ci(s["iou"]),
+                     "test AUC": "" if auc is None else mean_std_cell(auc["mean"], auc["std"])})
+    findings = list(m["boxes_per_finding"])
+    per_finding = pd.DataFrame([{"method": name, "score": score, **{f"{f} ({m['boxes_per_finding'][f]})":
+                                                                     ci(s["per_finding"][f][score]) for f in findings}}
+                                for name in order for s in [m["scores"][name]] for score in ("pointing", "iou")])
+    beat = {key: [n for n in order if n in m["controls"] and m["controls"][n][key]["pointing"]["ci_low"] > 0]
+            for key in ("random", "prior")}
+    controls = [f"- Beat the {label} on the pointing game (paired bootstrap CI above 0): "
+                f"{', '.join(f'`{n}`' for n in beat[key]) or 'none'}." for key, label in
+                (("random", f"floor `{m['floor']}`"), ("prior", f"control `{m['control']}`"))]
+    tests = [f"- `{k}`: pointing game {diff(t['pointing'])}; mean IoU {diff(t['iou'])}."
+             for k, t in m["claim_tests"].items()]
+    lost = m["dropped"]
+    dropped = (f"Boxes left out: {lost['not a prepared test image']} not on a prepared test image, "
+               f"{sum(lost['finding not in data.cxr.labels'].values())} of findings the classifier does not have "
+               f"({', '.join(lost['finding not in data.cxr.labels']) or 'none'}).")
+    return ["## Claim: lesion localisation from image-level labels (DiRA)", "",
+            "Each method is fine-tuned on CXR classification as in the transfer stage (every fine-tuning seed); the "
+            f"Grad-CAM map of a box's finding (encoder stage {m['stage']}, upsampled to {m['image_size']} px) is "
+            f"scored against the box on {m['n_boxes']} boxes of {m['n_images']} test images (`BBox_List_2017.csv`). "
+            "Pointing game: the map's peak inside the box"
+            + (f" (tolerance {m['tolerance']:g} px)" if m["tolerance"] else "") + " (a map without a positive value "
+            "misses; tied peaks: the one nearest the centre); IoU: the map at or above "
+            f"{m['threshold']:g} of its maximum against the box. Per box the seeds are averaged; CIs and paired tests "
+            f"bootstrap the boxes. Floor `{m['floor']}`: uniform noise on Grad-CAM's grid, upsampled alike; control "
+            f"`{m['control']}`: the mean box of the same finding on other patients' images (no image used).", "",
+            markdown_table(pd.DataFrame(rows)), "", *controls, "", *tests, "", dropped, "",
+            markdown_table(per_finding), "", f"**Verdict.** {m['sentence']}", "",
+            "![localisation](figures/claims/localisation.png)", ""]
 
 
 def genesis_dims_section() -> list[str]:
@@ -572,6 +651,65 @@ def genesis_dims_section() -> list[str]:
             "seeds, Holm-corrected within each 3D model's block.", "",
             markdown_table(pd.DataFrame(rows)), "", f"**Verdict.** {m['sentence']}", "",
             "![genesis dims](figures/claims/genesis_dims.png)", ""]
+
+
+def _mean_ci_cell(x: dict | None) -> str:
+    """``mean [low, high]``, the mean alone where the interval is undefined (one seed), ``MISSING`` for no runs."""
+    if x is None or x.get("mean") is None:
+        return MISSING
+    if x.get("ci_low") is None or x.get("ci_high") is None:
+        return f"{x['mean']:.3f}"
+    return _ci(x)
+
+
+def _test_cell(t: dict) -> str:
+    """A paired difference with its CI and Holm stars; "no variance" where the seeds repeat one value."""
+    if t["p_holm"] is None:
+        return f"{_signed(t['diff'])} (no variance over seeds)"
+    return f"{_signed(t['diff'])} [{_signed(t['ci_low'])}, {_signed(t['ci_high'])}] {significance_stars(t['p_holm'])}"
+
+
+def domain_transfer_section() -> list[str]:
+    """Claim: domain-adaptive pretraining bridges the domain gap (BTL), from ``claims/domain_transfer.json`` and the
+    natural source's ``natural_source/source.json``."""
+    m = claim_metrics("domain_transfer")
+    if m is None:
+        return []
+    keys = m["evaluations"]
+    rows = [{"condition": c, **{k: _mean_ci_cell(m["summary"][k].get(c)) for k in keys}} for c in m["conditions"]]
+    tests = {}
+    for k in keys:
+        for t in m["comparisons"][k]:
+            tests.setdefault((t["condition"], t["against"]), {"comparison": f"{t['condition']} - {t['against']}",
+                                                               "family": t["family"]})[k] = _test_cell(t)
+    source_path = paths.metrics_file("natural_source", "source")
+    source = []
+    if source_path.is_file():
+        s = read_json(source_path)
+        accuracy = ", ".join(f"`{name}` {v['probe_accuracy']:.3f} (read back as the `{v['layout']}` layout)"
+                             for name, v in s["models"].items())
+        source = [f"Source: SynthNatural, {s['n_images']} RGB images of {len(s['shapes'])} shapes "
+                  f"({', '.join(s['shapes'])}) on {', '.join(s['textures'])} backgrounds. Linear-probe shape accuracy "
+                  f"on {s['n_test']} held-out images: {accuracy}; a random RGB encoder "
+                  f"{s['probe_accuracy_random_encoder']:.3f}, chance {s['chance']:.3f}.", ""]
+    passes = {name: c["passes"] for name, c in m["continual"].items()}
+    absent = ", ".join(f"`{x}`" for x in m["missing_references"])
+    missing = [f"Not in this run (not active or no transfer metrics): {absent}.", ""] if absent else []
+    return ["## Claim: domain-adaptive pretraining bridges the domain gap (BTL)", "",
+            "Two source models pretrained on a natural-image stand-in for ImageNet (stage `natural_source`): "
+            "`supervised` on the shape classes and `moco_v2`, on the study's encoder with an RGB stem, saved as a "
+            "torchvision state dict and a MoCo release and loaded here through `load_pretrained` (layout detected, "
+            "heads dropped, the RGB stem summed to grey). `natural_*`: transferred directly; `natural_*_cxr`: after "
+            "continual pretraining on SynthCXR with the same method "
+            f"({', '.join(f'{k} {v} image-passes' for k, v in passes.items())}). All are scored on CXR classification "
+            "exactly as the transfer stage scores the methods (mean AUC; fine-tuning and linear probes over the "
+            "transfer seeds); the floor `scratch` and the ceiling `supervised` (in-domain, the positive control) are "
+            "the transfer stage's own runs on the same seeds and label subsets. CIs: t intervals over seeds. "
+            "Differences: paired t over seeds, stars after Holm over the comparisons of one evaluation (the linear "
+            "probe on all labels is deterministic: no variance, no test).", "",
+            *source, *missing, markdown_table(pd.DataFrame(rows)), "",
+            markdown_table(pd.DataFrame(list(tests.values())).fillna(MISSING)), "",
+            f"**Verdict.** {m['sentence']}", "", "![domain transfer](figures/claims/domain_transfer.png)", ""]
 
 
 def froc_section(cfg: dict) -> list[str]:
@@ -704,6 +842,7 @@ def build_report(cfg: dict) -> str:
     comparisons = reference_comparisons(cfg, runs)
     lines = [f"# Eden study report (profile `{cfg['profile']}`)", "", CAVEATS, ""]
     lines += summary_section(cfg, comparisons)
+    lines += methods_section(cfg)
     lines += pretrain_section(cfg)
     lines += genesis_section(cfg, runs)
     lines += transfer_section(cfg, comparisons)
@@ -715,7 +854,9 @@ def build_report(cfg: dict) -> str:
     lines += ark_sites_section()
     lines += interpolation_section()
     lines += separability_section()
+    lines += localisation_section()
     lines += genesis_dims_section()
+    lines += domain_transfer_section()
     lines += froc_section(cfg)
     lines += embedding_section(cfg)
     lines += bias_section(cfg)

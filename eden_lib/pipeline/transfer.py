@@ -17,7 +17,9 @@ run; a task with several metrics, such as ``ct_nodule_segmentation``, writes one
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eden_lib import paths
-from eden_lib.checkpoints import load_weights
+from eden_lib.checkpoints import load_weights, weights_info
 from eden_lib.data import prepared
 from eden_lib.data.batches import resize_2d
 from eden_lib.data.patches import crop_around, part_centres, unpack_masks
@@ -37,20 +39,30 @@ from eden_lib.evaluation.metrics import auc_per_label, dice_per_class, mean_auc
 from eden_lib.evaluation.segmentation import segmentation_metrics
 from eden_lib.evaluation.subsets import class_shot_subset, group_holdout, label_fraction_subset, shot_subset
 from eden_lib.methods import networks
+from eden_lib.methods.base import BuildContext
 from eden_lib.methods.supervised import masked_bce
 from eden_lib.parallel import run_jobs
 from eden_lib.pipeline.pretrain import build_context
 from eden_lib.seed import rng, seed_everything
 
 
+def _context(cfg: dict, method: str, dims: int) -> BuildContext:
+    """The build context of the network ``method`` exported in ``dims`` D: that of the method the export's ``info``
+    names (a variant run such as ``ark_sites/k2`` holds Ark's network), else of ``method``; so a method's own
+    ``backbone_2d`` / ``backbone_3d`` (Ark's Swin-B, Alice's Swin-UNETR) is rebuilt here."""
+    path = paths.models_dir(method) / ("encoder.pt" if dims == 2 else "unet3d.pt")
+    owner = weights_info(path).get("method", method) if path.is_file() else method
+    return build_context(cfg, dims, 0 if dims == 2 else 1, method=owner)
+
+
 def _load_encoder_2d(cfg: dict, method: str) -> nn.Module:
-    encoder = networks.encoder_2d(build_context(cfg, 2, 0))
+    encoder = networks.encoder_2d(_context(cfg, method, 2))
     load_weights(encoder, paths.models_dir(method) / "encoder.pt")
     return encoder
 
 
 def _load_unet3d(cfg: dict, method: str) -> nn.Module:
-    unet = networks.unet_3d(build_context(cfg, 3, 1))
+    unet = networks.unet_3d(_context(cfg, method, 3))
     load_weights(unet, paths.models_dir(method) / "unet3d.pt")
     return unet
 
@@ -147,8 +159,6 @@ def ct_splits(cfg: dict, meta: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np
 
 def _auc_score(pred: np.ndarray, y: np.ndarray) -> float:
     """Mean AUC over the labels that have both classes (the validation score of a classification run)."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return mean_auc(auc_per_label(y, pred))
@@ -162,6 +172,7 @@ def _dice_score(logits: np.ndarray, y: np.ndarray) -> float:
 def _run_finetunes(cfg: dict, jobs: list[Callable[[], Any]]) -> list[Any]:
     """The fine-tuning ``jobs`` (one record each) side by side in ``transfer.workers`` processes."""
     return run_jobs(jobs, cfg["transfer"]["workers"], cfg["pretrain"]["device"])
+
 
 def _record(task, protocol, budget, seed, metric, per_class: dict[str, float]) -> dict:
     values = np.array(list(per_class.values()), dtype=float)
@@ -190,7 +201,7 @@ def classification_runs(
         build_net: a fresh network (pretrained encoder + new linear head) per fine-tuning seed.
     """
     t, spec = cfg["transfer"], cfg["tasks"][task]
-    train, val, test = split
+    train, _, test = split
     records = []
     if "linear_probe" in spec["protocols"]:
         budgets = [(f"{frac:g}", lambda seed, frac=frac: label_fraction_subset(y[train], frac, seed,
@@ -206,21 +217,39 @@ def classification_runs(
                 records.append(_record(task, "linear_probe", budget, seed, "auc",
                                        dict(zip(names, auc_per_label(y[test], scores)))))
     if "finetune" in spec["protocols"]:
-        frac = t["finetune_fraction"]
-        validation = Validation(inputs[val], y[val], _auc_score) if len(val) else None
-
-        def run(seed: int) -> dict:
-            sub = train[label_fraction_subset(y[train], frac, seed, t["min_positives"])]
-            seed_everything(seed)
-            net = build_net()
-            curve = finetune(net, masked_bce, inputs[sub], torch.from_numpy(y[sub]), _finetune_cfg(cfg, task), seed,
-                             validation)
-            scores = predict(net, net, inputs[test], batch=64, device=cfg["pretrain"]["device"])
-            return {**_record(task, "finetune", f"{frac:g}", seed, "auc",
-                              dict(zip(names, auc_per_label(y[test], scores)))), "curve": curve}
-
-        records += _run_finetunes(cfg, [lambda seed=seed: run(seed) for seed in t["seeds"]])
+        records += _run_finetunes(cfg, [lambda seed=seed: finetune_classifier(cfg, task, names, inputs, y, split,
+                                                                              build_net, seed)[0]
+                                        for seed in t["seeds"]])
     return records
+
+
+def finetune_classifier(
+    cfg: dict,
+    task: str,
+    names: list[str],
+    inputs: torch.Tensor,
+    y: np.ndarray,
+    split: tuple[np.ndarray, np.ndarray, np.ndarray],
+    build_net: Callable[[], nn.Module],
+    seed: int,
+    freeze_stages: int = 0,
+) -> tuple[dict, nn.Module]:
+    """One fine-tuning run of a classification task (the ``finetune`` protocol of :func:`classification_runs`, with
+    its arguments): ``transfer.finetune_fraction`` of the training rows, validated on ``split[1]``, scored on
+    ``split[2]``. ``freeze_stages``: encoder stages kept frozen (the separability stage's transfer ablation; 0 here).
+    Returns the run's record (with its ``curve``) and the fine-tuned network."""
+    t = cfg["transfer"]
+    train, val, test = split
+    frac = t["finetune_fraction"]
+    validation = Validation(inputs[val], y[val], _auc_score) if len(val) else None
+    sub = train[label_fraction_subset(y[train], frac, seed, t["min_positives"])]
+    seed_everything(seed)
+    net = build_net()
+    ft = replace(_finetune_cfg(cfg, task), freeze_stages=freeze_stages)
+    curve = finetune(net, masked_bce, inputs[sub], torch.from_numpy(y[sub]), ft, seed, validation)
+    scores = predict(net, net, inputs[test], batch=64, device=cfg["pretrain"]["device"])
+    record = _record(task, "finetune", f"{frac:g}", seed, "auc", dict(zip(names, auc_per_label(y[test], scores))))
+    return {**record, "curve": curve}, net
 
 
 def cxr_classification(
@@ -297,7 +326,7 @@ def cxr_segmentation(cfg: dict, method: str, x: torch.Tensor, cxr: prepared.Prep
 def _segmentation_unet_2d(cfg: dict, method: str, n_out: int) -> nn.Module:
     """The 2D U-Net to fine-tune: the pretrained ``unet.pt`` with a new output layer where the method exported one,
     else a fresh decoder on the pretrained encoder (built under the caller's seed)."""
-    ctx = build_context(cfg, 2, 0)
+    ctx = _context(cfg, method, 2)
     if (paths.models_dir(method) / "unet.pt").is_file():
         net = networks.unet_2d(ctx, out_channels=1)
         load_weights(net, paths.models_dir(method) / "unet.pt")
@@ -308,7 +337,7 @@ def _segmentation_unet_2d(cfg: dict, method: str, n_out: int) -> nn.Module:
 
 def ct_nodule_classification(cfg: dict, method: str, ct: prepared.PreparedCT, feats: dict) -> list[dict]:
     def build() -> nn.Module:
-        return _PooledClassifier(_load_unet3d(cfg, method), networks.feature_dim_3d(build_context(cfg, 3, 1)))
+        return _PooledClassifier(_load_unet3d(cfg, method), networks.feature_dim_3d(_context(cfg, method, 3)))
 
     cubes = torch.from_numpy(np.asarray(ct.candidates, dtype=np.float32)).unsqueeze(1)
     y = ct.candidate_meta["label"].to_numpy(dtype=np.float32).reshape(-1, 1)
@@ -341,15 +370,17 @@ class _LogitOutput(nn.Module):
 
 
 def segmentation_unet3d(cfg: dict, method: str, protocol: str) -> nn.Module:
-    """The UNet3D to fine-tune on nodule segmentation, returning logits ``(B, 1, X, Y, Z)``.
+    """The UNet3D (or the method's Swin-UNETR, ``methods.alice.backbone_3d``) to fine-tune on nodule segmentation,
+    returning logits ``(B, 1, X, Y, Z)``.
 
     ``finetune``: the whole pretrained encoder-decoder and its output layer (the papers' protocol, genesis_family.md
-    §2.4). ``finetune_encoder``: only the pretrained encoder (``down_tr*``); decoder and output layer keep the
-    fresh initialisation of the current torch seed (the same for every method under the same seed).
+    §2.4). ``finetune_encoder``: only the pretrained encoder (``encoder_state_prefixes``: ``down_tr*``, Swin-UNETR's
+    ``swinViT``); decoder and output layer keep the fresh initialisation of the current torch seed (the same for
+    every method under the same seed).
     """
     from eden_lib.checkpoints import CheckpointError, load_checkpoint, load_state_dict_strict
 
-    net = networks.unet_3d(build_context(cfg, 3, 1))
+    net = networks.unet_3d(_context(cfg, method, 3))
     path = paths.models_dir(method) / "unet3d.pt"
     if protocol == "finetune":
         load_weights(net, path)
@@ -431,7 +462,8 @@ def skipped_tasks(method: str, ct: prepared.PreparedCT) -> dict[str, str]:
         out.update(dict.fromkeys(("ct_nodule_classification", "ct_nodule_segmentation"),
                                  "2D-only method (no unet3d.pt)"))
     elif not ct.info.get("nodule_masks"):
-        out["ct_nodule_segmentation"] = "the CT data set has no nodule masks (real LUNA16: info.json nodule_masks false)"
+        out["ct_nodule_segmentation"] = ("the CT data set has no nodule masks "
+                                         "(real LUNA16: info.json nodule_masks false)")
     return out
 
 
