@@ -34,8 +34,11 @@ def prepared_dir(dataset: str) -> Path:
     return data_dir() / "prepared" / dataset
 
 
-def models_dir(method: str) -> Path:
-    return data_dir() / "models" / method
+def models_dir(run: str) -> Path:
+    """Exported weights of a run: ``data/models/<method>`` for a study method, ``data/claims/<stage>/<condition>``
+    for a claim stage's run ``"<stage>/<condition>"`` (kept out of ``data/models``, which several stages read
+    whole, so a claim stage's outputs never become their dependency)."""
+    return data_dir() / ("claims" if "/" in run else "models") / run
 
 
 def logs_dir() -> Path:

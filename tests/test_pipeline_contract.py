@@ -74,6 +74,20 @@ def test_every_declared_dependency_exists():
                 assert (ROOT / dep.replace("${item}", method)).exists(), (name, dep)
 
 
+def outputs(body: dict) -> list[str]:
+    return [next(iter(o)) if isinstance(o, dict) else o for o in body.get("outs", [])]
+
+
+def test_a_folder_dependency_holds_only_pretraining_exports():
+    """``data/models`` is read whole by the claim stages, so only ``pretrain@`` may write under it: a claim stage's
+    models there would make every reader of the folder rerun (and wait) whenever that claim reruns."""
+    stages = dvc_yaml()["stages"]
+    assert any("data/models" in s.get("do", s)["deps"] for s in stages.values())
+    for name, stage in stages.items():
+        for out in outputs(stage.get("do", stage)):
+            assert not out.startswith("data/models/") or name == "pretrain", (name, out)
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
 def test_notebooks_are_thin_and_output_free(path):
     nb = json.loads(path.read_text())

@@ -104,7 +104,8 @@ def test_changing_a_transfer_parameter_reruns_only_transfer_and_downstream(smoke
     assert any(s.startswith("transfer@") for s in changed)
     assert not any(s == "prepare" or s.startswith("pretrain@") for s in changed), changed
     # the claim stages that run the transfer stage's probes or fine-tuning read the transfer parameters too
-    downstream = {"embedding", "bias", "report", "ark_sites", "separability", "genesis_dims", "localisation"}
+    downstream = {"embedding", "bias", "report", "ark_sites", "separability", "genesis_dims", "localisation",
+                  "domain_transfer"}
     assert changed <= {s for s in changed if s.startswith("transfer@")} | downstream
 
 

@@ -2,7 +2,7 @@
 
 For every k of ``claims.ark_sites.site_counts`` Ark is pretrained on the first k sites of ``data.sites`` (its
 ``methods.ark`` block with ``sites`` set, the shared pretraining budget, so fewer sites means more passes over each)
-into ``data/models/ark_sites/k<k>``, then scored on every site's own task exactly as the ``transfer`` stage scores
+into ``data/claims/ark_sites/k<k>``, then scored on every site's own task exactly as the ``transfer`` stage scores
 the study's methods (:func:`~eden_lib.pipeline.transfer.site_classification`). The floors and the control come from
 the transfer stage's own site runs: ``scratch`` (random encoder) and ``supervised_site`` (one site, no accrual).
 Statistics: :mod:`eden_lib.analysis.site_scaling`. Writes ``reports/metrics/claims/ark_sites.json`` and

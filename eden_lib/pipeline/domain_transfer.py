@@ -4,7 +4,7 @@ al., MICCAI-DART 2021; dira_caid_transfer_alice_cadpe.md §3.1, §3.6), on the n
 
 - Direct transfer (``natural_supervised``, ``natural_moco_v2``): each release file (torchvision / MoCo layout) is
   loaded into the study's 2D encoder through :func:`~eden_lib.checkpoints.load_pretrained` (layout detected, heads
-  dropped, the RGB stem summed to grey) and exported to ``data/models/domain_transfer/<condition>/encoder.pt``.
+  dropped, the RGB stem summed to grey) and exported to ``data/claims/domain_transfer/<condition>/encoder.pt``.
 - Continual pretraining (``natural_supervised_cxr``, ``natural_moco_v2_cxr``): the same file starts the same method
   on SynthCXR through the pretraining stage's own code (:func:`~eden_lib.pipeline.pretrain.pretrain_dims` with a
   ``pretrain.init`` entry; supervised on the SynthCXR findings, MoCo-v2 on the radiographs) for
@@ -64,7 +64,7 @@ def check_domain_transfer(block: dict) -> None:
 
 
 def run_name(condition: str) -> str:
-    """Where a condition of this stage keeps its weights (``data/models/<run name>``) and checkpoints."""
+    """Where a condition of this stage keeps its weights (``data/claims/<run name>``) and checkpoints."""
     return f"domain_transfer/{condition}"
 
 
