@@ -325,27 +325,38 @@ ALICE_REFERENCES = ("scratch", "models_genesis")
 ALICE_DEFAULT = "default (matched views, CASA)"
 
 
+def _row_comparisons(df: pd.DataFrame, reference: str):
+    """For each 3D task x protocol x budget x metric of ``df`` (tidy runs) where ``reference`` ran: the row's key
+    cells and :func:`compare_methods` against ``reference`` indexed by method."""
+    df = df[df["task"].isin(list(GENESIS_TASKS))]
+    for (task, protocol, budget, metric), g in df.groupby(["task", "protocol", "budget", "metric"], sort=True):
+        if reference in set(g["method"]) and g["method"].nunique() > 1:
+            key = {"task": GENESIS_TASKS[task], "protocol": protocol, "budget": budget,
+                   "metric": GENESIS_METRICS.get(metric, metric)}
+            yield key, compare_methods(g[["method", "seed", "value"]], reference=reference).set_index("method")
+
+
+def _cell(cmp: pd.DataFrame, name: str) -> str:
+    return mean_std_cell(cmp.loc[name, "mean"], cmp.loc[name, "std"])
+
+
+def _difference(cmp: pd.DataFrame, name: str, sign: int = 1) -> str:
+    """``name - reference`` (``sign=-1``: ``reference - name``) with its Holm-corrected stars when significant."""
+    stars = cmp.loc[name, "stars"]
+    return f"{sign * cmp.loc[name, 'diff']:+.3f}" + ("" if stars in ("", "n.s.") else f" {stars}")
+
+
 def alice_table(runs: pd.DataFrame, references: tuple[str, ...] = ALICE_REFERENCES) -> pd.DataFrame:
     """Alice on the 3D tasks: one row per task x protocol x budget x metric, the mean ± std of ``alice`` and each
     reference, and ``alice - reference`` with stars from the paired t-test over seeds, Holm-corrected over the
     references within the row."""
-    sub = runs[runs["task"].isin(list(GENESIS_TASKS)) & runs["method"].isin(["alice", *references])]
     rows = []
-    for (task, protocol, budget, metric), g in sub.groupby(["task", "protocol", "budget", "metric"], sort=True):
-        present = [m for m in references if m in set(g["method"])]
-        if "alice" not in set(g["method"]) or not present:
-            continue
-        cmp = compare_methods(g[["method", "seed", "value"]], reference="alice").set_index("method")
-        row = {"task": GENESIS_TASKS[task], "protocol": protocol, "budget": budget,
-               "metric": GENESIS_METRICS.get(metric, metric)}
-        row["alice"] = mean_std_cell(cmp.loc["alice", "mean"], cmp.loc["alice", "std"])
+    for key, cmp in _row_comparisons(runs[runs["method"].isin(["alice", *references])], "alice"):
+        row = {**key, "alice": _cell(cmp, "alice")}
         for ref in references:
-            if ref not in present:
-                row[ref] = row[f"alice - {ref}"] = "–"
-                continue
-            row[ref] = mean_std_cell(cmp.loc[ref, "mean"], cmp.loc[ref, "std"])
-            stars = cmp.loc[ref, "stars"]
-            row[f"alice - {ref}"] = f"{-cmp.loc[ref, 'diff']:+.3f}" + ("" if stars in ("", "n.s.") else f" {stars}")
+            present = ref in cmp.index
+            row[ref] = _cell(cmp, ref) if present else "–"
+            row[f"alice - {ref}"] = _difference(cmp, ref, sign=-1) if present else "–"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -360,24 +371,11 @@ def alice_ablation_table(default_runs: pd.DataFrame, ablations: dict) -> pd.Data
         frames.append(pd.DataFrame(result["runs"]).assign(method=name))
     df = pd.concat(frames, ignore_index=True)
     df["budget"] = df["budget"].astype(str)
-    df = df[df["task"].isin(list(GENESIS_TASKS))]
-    names = [ALICE_DEFAULT, *ablations]
     rows = []
-    for (task, protocol, budget, metric), g in df.groupby(["task", "protocol", "budget", "metric"], sort=True):
-        if ALICE_DEFAULT not in set(g["method"]):
-            continue
-        cmp = compare_methods(g[["method", "seed", "value"]], reference=ALICE_DEFAULT).set_index("method")
-        row = {"task": GENESIS_TASKS[task], "protocol": protocol, "budget": budget,
-               "metric": GENESIS_METRICS.get(metric, metric)}
-        for name in names:
-            if name not in cmp.index:
-                row[name] = "–"
-                continue
-            cell = mean_std_cell(cmp.loc[name, "mean"], cmp.loc[name, "std"])
-            if name != ALICE_DEFAULT:
-                stars = cmp.loc[name, "stars"]
-                cell += f" ({cmp.loc[name, 'diff']:+.3f}" + ("" if stars in ("", "n.s.") else f" {stars}") + ")"
-            row[name] = cell
+    for key, cmp in _row_comparisons(df, ALICE_DEFAULT):
+        row = {**key, ALICE_DEFAULT: _cell(cmp, ALICE_DEFAULT)}
+        for name in ablations:
+            row[name] = f"{_cell(cmp, name)} ({_difference(cmp, name)})" if name in cmp.index else "–"
         rows.append(row)
     return pd.DataFrame(rows)
 
