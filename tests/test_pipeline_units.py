@@ -100,3 +100,12 @@ def test_monitor_batches_are_fixed_validation_samples(monkeypatch, tmp_path):
     assert rows <= set(range(10))
     cfg["pretrain"]["monitor_samples"] = 0
     assert monitor_batches(cfg, method, 2) == []
+
+
+def test_int_at_least_takes_integers_from_its_minimum_and_never_a_bool():
+    from eden_lib.pipeline.checks import int_at_least
+
+    rule = int_at_least(1)
+    assert rule(1) and rule(7)
+    assert not rule(0) and not rule(True) and not rule(2.0) and not rule("2")
+    assert not int_at_least(10)(9) and int_at_least(10)(10)

@@ -9,6 +9,11 @@ from typing import Any
 Rules = Mapping[str, tuple[Callable[[Any], bool], str]]
 
 
+def int_at_least(minimum: int) -> Callable[[Any], bool]:
+    """A rule's predicate: an integer (not a bool) >= ``minimum``."""
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
 def check_block(prefix: str, block: Any, rules: Rules) -> None:
     """Check that ``block`` (params at ``prefix``) has exactly the keys of ``rules`` and values they accept.
 

@@ -29,7 +29,7 @@ import time
 from typing import TYPE_CHECKING
 
 from eden_lib import paths
-from eden_lib.pipeline.checks import check_block
+from eden_lib.pipeline.checks import check_block, int_at_least
 
 if TYPE_CHECKING:  # the module is imported by load_params (the validator): no plotting or statistics stack here
     from matplotlib.figure import Figure
@@ -39,21 +39,17 @@ REFERENCES = ("scratch", "supervised")
 TASK = "cxr_classification"
 
 
-def _positive_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
 #: ``claims.domain_transfer.source``: key -> (check, what is expected)
 SOURCE_RULES = {
-    "n_images": (lambda v: _positive_int(v) and v >= 16, "an integer >= 16 (at least two images per shape class)"),
-    "n_test": (lambda v: _positive_int(v) and v >= 8, "an integer >= 8 (one image per shape class)"),
-    "render_size": (lambda v: _positive_int(v) and v >= 32, "an integer >= 32 (pixels)"),
-    "image_passes": (_positive_int, "a positive integer (encoder image-passes, as pretrain.image_passes_2d)"),
+    "n_images": (int_at_least(16), "an integer >= 16 (at least two images per shape class)"),
+    "n_test": (int_at_least(8), "an integer >= 8 (one image per shape class)"),
+    "render_size": (int_at_least(32), "an integer >= 32 (pixels)"),
+    "image_passes": (int_at_least(1), "a positive integer (encoder image-passes, as pretrain.image_passes_2d)"),
 }
 #: ``claims.domain_transfer``: key -> (check, what is expected)
 RULES = {
     "source": (lambda v: isinstance(v, dict), f"a mapping with keys {sorted(SOURCE_RULES)}"),
-    "continual_passes": (_positive_int, "a positive integer (encoder image-passes on SynthCXR)"),
+    "continual_passes": (int_at_least(1), "a positive integer (encoder image-passes on SynthCXR)"),
 }
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from eden_lib.pipeline.checks import check_block
+from eden_lib.pipeline.checks import check_block, int_at_least
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -39,7 +39,7 @@ RULES = {
                   "a fraction in (0, 1] of the map's maximum"),
     "tolerance": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
                   "a number of pixels >= 0"),
-    "n_bootstrap": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 10, "an integer >= 10"),
+    "n_bootstrap": (int_at_least(10), "an integer >= 10"),
 }
 
 #: the floor and the control, scored like the methods
